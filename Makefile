@@ -1,0 +1,28 @@
+# `make train` and `make test` set up .venv themselves on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/default.py
+WORKDIR ?= workdir/default
+# Raw Multi30k files for an offline build; a sibling ../shared/data/multi30k is used if
+# present. Empty: the TFDS builder downloads them.
+MULTI30K_DIR ?= $(abspath $(wildcard ../shared/data/multi30k))
+export MULTI30K_DIR
+
+.PHONY: setup train test clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+train: setup
+	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) *.egg-info

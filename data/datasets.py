@@ -1,0 +1,60 @@
+"""Parallel corpora through TFDS, read as array_record data sources (no TensorFlow).
+
+Every source yields examples `{'en': bytes, 'fr': bytes}` by random access, which is
+what grain needs for deterministic shuffling, sharding and checkpointable iterators.
+"""
+from collections.abc import Sequence
+import os
+
+from absl import logging
+import tensorflow_datasets as tfds
+# Registers 'wmt14_translate': TFDS's lazy catalogue does not find it without TensorFlow.
+from tensorflow_datasets.translate import wmt14  # pylint: disable=unused-import
+
+from data import multi30k  # pylint: disable=unused-import  (registers 'multi30k')
+
+# config.data.dataset -> TFDS name. Both have 'en' and 'fr' text features.
+DATASETS = {
+    "multi30k": "multi30k/en-fr",
+    "wmt14": "wmt14_translate/fr-en",
+}
+
+
+def load_sources(data_cfg, splits: Sequence[str]) -> dict[str, Sequence[dict]]:
+  """Prepares the configured dataset (once) and returns a data source per split.
+
+  Args:
+    data_cfg: `config.data` (fields `dataset`, `tfds_data_dir`, `manual_dir`).
+    splits: split names to return, e.g. ('train', 'validation').
+  """
+  if data_cfg.dataset not in DATASETS:
+    raise ValueError(f"config.data.dataset={data_cfg.dataset!r}; expected one of "
+                     f"{sorted(DATASETS)}.")
+  name = DATASETS[data_cfg.dataset]
+  manual_dir = data_cfg.manual_dir or None
+  if manual_dir is not None and not os.path.isdir(manual_dir):
+    raise FileNotFoundError(
+        f"config.data.manual_dir={manual_dir!r} is not a directory. Point it (or"
+        " $MULTI30K_DIR) at the folder with the raw .gz files, or leave it empty to"
+        " download.")
+  try:
+    sources = tfds.data_source(
+        name, split=list(splits), data_dir=data_cfg.tfds_data_dir or None,
+        builder_kwargs={"file_format": "array_record"},
+        download_and_prepare_kwargs={
+            "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)})
+  except ValueError as e:  # An unknown split: say how to get it.
+    raise ValueError(
+        f"{name}: {e} A split is missing when its raw files were not in the manual"
+        " directory at build time: add them and delete the dataset's folder under"
+        " config.data.tfds_data_dir to rebuild.") from e
+  logging.info("%s: %s", name, {s: len(src) for s, src in zip(splits, sources)})
+  return dict(zip(splits, sources))
+
+
+def split_sizes(data_cfg) -> dict[str, int]:
+  """Number of examples in every split the prepared dataset has."""
+  name = DATASETS[data_cfg.dataset]
+  builder = tfds.builder(name, data_dir=data_cfg.tfds_data_dir or None,
+                         file_format="array_record")
+  return {s: info.num_examples for s, info in builder.info.splits.items()}

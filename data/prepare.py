@@ -1,0 +1,73 @@
+"""Data preparation for a workdir: build the TFDS dataset, train or reuse the tokenizer."""
+from collections.abc import Sequence
+
+from absl import logging
+import numpy as np
+
+from data import datasets
+from data import pipeline
+from data import tokenizer as tokenizer_lib
+
+# Above this many training pairs, corpus statistics are estimated from a sample.
+_STATS_SAMPLE = 200_000
+
+
+def _sample_indices(n: int, k: int, seed: int) -> np.ndarray:
+  """All of range(n) if n <= k, else k of them, drawn reproducibly, in order."""
+  if n <= k:
+    return np.arange(n)
+  return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation")):
+  """Returns ({split: data source}, tokenizer) for `config`, preparing what is missing.
+
+  The tokenizer is trained on the training split only (both languages) and stored as
+  `workdir/spm.model`; a second run, and inference, reuse that file.
+  """
+  data_cfg = config.data
+  sources = datasets.load_sources(data_cfg, splits)
+  train = sources["train"] if "train" in sources else datasets.load_sources(
+      data_cfg, ["train"])["train"]
+
+  def sentences():
+    langs = (data_cfg.source_lang, data_cfg.target_lang)
+    for i in _sample_indices(len(train), data_cfg.spm_max_sentences // 2, config.seed):
+      example = train[int(i)]
+      for lang in langs:
+        yield pipeline._text(example[lang])  # pylint: disable=protected-access
+
+  tokenizer = tokenizer_lib.train_or_load(
+      workdir, sentences, vocab_size=data_cfg.vocab_size,
+      model_type=data_cfg.spm_model_type,
+      max_sentences=data_cfg.spm_max_sentences, seed=config.seed)
+  return sources, tokenizer
+
+
+def corpus_stats(source, tokenizer, data_cfg, seed: int = 0) -> dict:
+  """Token statistics of a split: lengths, pairs the training filter drops, byte pieces."""
+  tokenize = pipeline.Tokenize(tokenizer, data_cfg.source_lang, data_cfg.target_lang)
+  indices = _sample_indices(len(source), _STATS_SAMPLE, seed)
+  examples = [tokenize.map(source[int(i)]) for i in indices]
+  is_byte_piece = tokenizer.byte_piece_mask()
+  stats = {"pairs": len(source), "sampled": len(indices)}
+  for feature in pipeline.FEATURES:
+    lengths = np.array([len(e[feature]) for e in examples])
+    tokens = np.concatenate([e[feature] for e in examples])
+    stats[feature] = {
+        "mean_tokens": round(float(lengths.mean()), 2),
+        "p99_tokens": int(np.percentile(lengths, 99)),
+        "max_tokens": int(lengths.max()),
+        "byte_piece_rate": round(float(is_byte_piece[tokens].mean()), 6),
+    }
+  stats["empty_pairs"] = sum(
+      1 for e in examples if not all(len(e[f]) for f in pipeline.FEATURES))
+  stats["too_long_pairs"] = sum(
+      1 for e in examples
+      if any(len(e[f]) > data_cfg.max_length for f in pipeline.FEATURES))
+  if stats["empty_pairs"] or stats["too_long_pairs"]:
+    logging.warning(
+        "Training skips %d empty pairs and %d pairs longer than max_length=%d"
+        " (of %d examined).", stats["empty_pairs"], stats["too_long_pairs"],
+        data_cfg.max_length, len(indices))
+  return stats

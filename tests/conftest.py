@@ -1,0 +1,45 @@
+"""Test setup: 8 fake CPU devices, so mesh and sharding tests run anywhere.
+
+XLA reads this flag once, when the backend starts, so it must be set before any test
+module imports jax.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def multi30k_dir() -> pathlib.Path:
+  """The raw Multi30k files: $MULTI30K_DIR, else ../shared/data/multi30k."""
+  path = pathlib.Path(os.environ.get("MULTI30K_DIR") or REPO.parent / "shared/data/multi30k")
+  if not (path / "train.en.gz").exists():
+    pytest.skip(f"Multi30k raw files not found in {path}: set MULTI30K_DIR.")
+  return path
+
+
+@pytest.fixture(scope="session")
+def smoke_config(multi30k_dir, tmp_path_factory):
+  """configs/smoke.py reading Multi30k from the manual dir into a per-session TFDS dir."""
+  from configs import smoke  # pylint: disable=import-outside-toplevel
+  config = smoke.get_config()
+  config.data.manual_dir = str(multi30k_dir)
+  config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
+  return config
+
+
+@pytest.fixture(scope="session")
+def prepared(smoke_config, tmp_path_factory):
+  """(config, workdir, {split: source}, tokenizer) with Multi30k built and spm trained."""
+  from data import prepare  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("workdir")
+  sources, tokenizer = prepare.prepare(smoke_config, str(workdir))
+  return smoke_config, workdir, sources, tokenizer

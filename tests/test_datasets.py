@@ -1,0 +1,97 @@
+"""The Multi30k TFDS builder on the real files, its errors, the WMT14 path, no TensorFlow."""
+import gzip
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from data import datasets
+from data import multi30k
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _first_line(path):
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    return f.readline().rstrip("\n")
+
+
+def test_split_sizes_and_first_pair(prepared, multi30k_dir):
+  config, _, sources, _ = prepared
+  sizes = datasets.split_sizes(config.data)
+  assert sizes == {"train": 29000, "validation": 1014, "test_2016_flickr": 1000}
+  for split, stem in (("train", "train"), ("validation", "val")):
+    first = sources[split][0]
+    assert first["en"].decode() == _first_line(multi30k_dir / f"{stem}.en.gz")
+    assert first["fr"].decode() == _first_line(multi30k_dir / f"{stem}.fr.gz")
+
+
+def test_missing_split_error_says_how_to_fix(prepared):
+  config, _, _, _ = prepared
+  with pytest.raises(ValueError, match="test_2017_flickr.*manual"):
+    datasets.load_sources(config.data, ["test_2017_flickr"])
+
+
+def _write_gz(path, lines):
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.write("".join(line + "\n" for line in lines))
+
+
+def test_line_count_mismatch_names_both_files(tmp_path, smoke_config):
+  manual = tmp_path / "raw"
+  manual.mkdir()
+  _write_gz(manual / "train.en.gz", [f"sentence {i}" for i in range(10)])
+  _write_gz(manual / "train.fr.gz", [f"phrase {i}" for i in range(9)])
+  config = smoke_config.copy_and_resolve_references()
+  config.data.manual_dir = str(manual)
+  config.data.tfds_data_dir = str(tmp_path / "tfds")
+  with pytest.raises(multi30k.LineCountMismatchError,
+                     match=r"train\.en\.gz has 10 lines but .*train\.fr\.gz has 9"):
+    datasets.load_sources(config.data, ["train"])
+
+
+def test_manual_dir_must_exist(smoke_config, tmp_path):
+  config = smoke_config.copy_and_resolve_references()
+  config.data.manual_dir = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match="MULTI30K_DIR"):
+    datasets.load_sources(config.data, ["train"])
+
+
+def test_wmt14_path_with_mock_data(smoke_config, tmp_path):
+  """wmt14_translate cannot be downloaded here: TFDS mock data stands in for it."""
+  from data import pipeline  # pylint: disable=import-outside-toplevel
+  from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  config = smoke_config.copy_and_resolve_references()
+  config.data.dataset = "wmt14"
+  config.data.tfds_data_dir = str(tmp_path / "tfds")
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    sources = datasets.load_sources(config.data, ["train", "validation"])
+    assert len(sources["train"]) == 12
+    assert set(sources["train"][0]) == {"en", "fr"}
+    texts = [pipeline._text(sources["train"][i][lang])  # pylint: disable=protected-access
+             for i in range(12) for lang in ("en", "fr")]
+    tokenizer = tokenizer_lib.train(texts, tmp_path / "spm.model", vocab_size=300)
+    batches = list(pipeline.eval_dataset(sources["validation"], tokenizer,
+                                         batch_size=4, max_length=64,
+                                         shard_index=0, shard_count=1))
+  segments = sum(int(s.max()) for b in batches for s in b["inputs_segment_ids"])
+  assert segments == 12
+
+
+def test_importing_and_reading_never_imports_tensorflow(prepared):
+  config, _, _, _ = prepared
+  code = (
+      "import sys, train, configs.default, data.pipeline, data.prepare\n"
+      "from data import datasets\n"
+      "from configs import smoke\n"
+      "c = smoke.get_config().data\n"
+      f"c.tfds_data_dir = {config.data.tfds_data_dir!r}\n"
+      f"c.manual_dir = {config.data.manual_dir!r}\n"
+      "src = datasets.load_sources(c, ['validation'])['validation']\n"
+      "assert len(src) == 1014\n"
+      "print('tensorflow' in sys.modules)\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                       text=True, check=True)
+  assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
