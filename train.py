@@ -1,35 +1,35 @@
 """Trains an En->Fr Transformer: `python train.py --config=configs/default.py --workdir=DIR`.
 
-For now this prepares the data of the config (TFDS build, SentencePiece tokenizer in the
-workdir) and prints split sizes and vocabulary statistics; the training loop follows.
+Run the same command on every host of a multi-host slice. On TPU and SLURM-style
+clusters the hosts find each other by themselves; elsewhere pass
+--coordinator_address, --num_processes and --process_id.
 """
 import json
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
-
-from data import datasets
-from data import prepare
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the tokenizer, checkpoints"
                                " and logs go (local path or gs://).", required=True)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  sources, tokenizer = prepare.prepare(config, _WORKDIR.value)
-  print(json.dumps({"dataset": config.data.dataset,
-                    "split_sizes": datasets.split_sizes(config.data)}))
-  print(json.dumps({"vocab_size": tokenizer.vocab_size,
-                    "train": prepare.corpus_stats(sources["train"], tokenizer,
-                                                  config.data, config.seed)}))
-  logging.info("Data ready in %s.", _WORKDIR.value)
+  # Imported here so jax.distributed.initialize runs before anything touches devices.
+  from parallel import mesh  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                              _PROCESS_ID.value)
+  from training import trainer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  result = trainer.run(_CONFIG.value, _WORKDIR.value)
+  print(json.dumps({"final_validation": result}))
 
 
 if __name__ == "__main__":

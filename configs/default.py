@@ -3,6 +3,8 @@ import os
 
 import ml_collections
 
+from parallel import sharding
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -10,6 +12,29 @@ def get_config() -> ml_collections.ConfigDict:
   # Global token budget per step and per side (source, target), padding included;
   # with packing, a batch is [batch_tokens // data.max_length, data.max_length].
   config.batch_tokens = 4096
+  config.num_train_steps = 3000  # Optimizer steps.
+  config.learning_rate = 2e-3  # Peak learning rate, reached at the end of warmup.
+  config.warmup_steps = 500  # Linear warmup, then decay as 1/sqrt(step).
+  config.optimizer = "adamw"  # 'adamw' or 'adafactor'.
+  config.adam_b1 = 0.9  # AdamW first-moment decay.
+  config.adam_b2 = 0.98  # AdamW second-moment decay.
+  config.adam_eps = 1e-9  # AdamW epsilon.
+  config.weight_decay = 1e-4  # Decoupled weight decay.
+  config.grad_clip_norm = 1.0  # Clip gradients to this global norm (0: off).
+  config.grad_accum_steps = 1  # Micro-batches per optimizer update (optax.MultiSteps).
+  config.label_smoothing = 0.1  # Probability mass spread over non-reference tokens.
+  config.log_every_steps = 50  # Train metrics to TensorBoard, metrics.jsonl, stdout.
+  config.eval_every_steps = 500  # Validation loss, accuracy and perplexity.
+  config.checkpoint_every_steps = 500  # Asynchronous orbax saves.
+  config.max_checkpoints_to_keep = 5  # Older checkpoints are deleted.
+  config.profile_start_step = -1  # Step at which a jax.profiler trace starts (-1: off).
+  config.profile_num_steps = 5  # Steps in the trace, written to WORKDIR/profile.
+  config.inject_nan_at_step = -1  # Test hook: make this step's loss NaN (-1: off).
+
+  # Device mesh ('data', 'fsdp', 'tensor'); -1 takes the remaining devices.
+  config.mesh_shape = (-1, 1, 1)
+  # Logical axis name -> mesh axes: the whole sharding policy (parallel/sharding.py).
+  config.logical_axis_rules = sharding.DEFAULT_RULES
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "multi30k"  # 'multi30k' (task 1, en-fr) or 'wmt14' (wmt14_translate/fr-en).

@@ -5,7 +5,14 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.batch_tokens = 512  # 16 rows of 32 tokens.
-  config.data.vocab_size = 1000  # Small vocabulary: SentencePiece trains in seconds.
+  config.num_train_steps = 20
+  config.warmup_steps = 5
+  config.learning_rate = 3e-3
+  config.log_every_steps = 1
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 5
+  config.data.vocab_size = 1000  # Small vocabulary.
+  config.data.spm_max_sentences = 10_000  # SentencePiece trains in a few seconds.
   config.data.max_length = 32  # Short rows.
   config.data.eval_max_length = 128  # Keeps every validation sentence whole.
   config.model.emb_dim = 32

@@ -1,0 +1,2 @@
+"""The network (Flax NNX) and, later, the decoder; pure math, no I/O."""
+from models.transformer import CrossKV, DecodeCache, Transformer, TransformerConfig

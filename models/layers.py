@@ -1,0 +1,158 @@
+"""Transformer building blocks: attention, feed-forward block, positions, masks.
+
+Every parameter is created through `partitioned(init, names)`, which attaches logical
+axis names; `parallel.sharding` maps them to mesh axes with the config's rules.
+"""
+import functools
+from collections.abc import Sequence
+
+from flax import nnx
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from parallel.sharding import with_logical_constraint
+
+Array = jax.Array
+DEFAULT_KERNEL_INIT = nnx.initializers.xavier_uniform()
+ZEROS = nnx.initializers.zeros_init()
+ONES = nnx.initializers.ones_init()
+
+
+def partitioned(init, names: Sequence[str | None]):
+  """`init` with logical axis names attached to the parameter it creates.
+
+  `eager_sharding=False` turns off Flax 0.12's default of sharding each variable
+  when it is created (which needs a mesh and rules even on one CPU). The model
+  therefore builds anywhere; sharded copies come from
+  `parallel.sharding.create_sharded_model` (jit with out_shardings).
+  """
+  return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+
+
+def layer_norm(dim: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, dtype=dtype, param_dtype=param_dtype,
+                       scale_init=partitioned(ONES, ("embed",)),
+                       bias_init=partitioned(ZEROS, ("embed",)), rngs=rngs)
+
+
+@functools.lru_cache(maxsize=16)
+def sinusoid_table(max_len: int, dim: int) -> np.ndarray:
+  """[max_len, dim] sin/cos position table (sin in the first half), Vaswani et al."""
+  half = dim // 2
+  inv_freq = np.exp(-np.log(10000.0) * np.arange(half) / max(half - 1, 1))
+  angles = np.arange(max_len)[:, None] * inv_freq[None, :]  # [max_len, half]
+  table = np.zeros((max_len, dim), np.float32)
+  table[:, :half], table[:, half:2 * half] = np.sin(angles), np.cos(angles)
+  return table
+
+
+def position_embedding(positions: Array, max_len: int, dim: int, dtype) -> Array:
+  """[batch, length] positions -> [batch, length, dim]; positions >= max_len clip."""
+  table = jnp.asarray(sinusoid_table(max_len, dim), dtype)
+  return jnp.take(table, positions, axis=0, mode="clip")
+
+
+def shift_right(targets: Array, segment_ids: Array | None = None) -> Array:
+  """Decoder input: targets moved one step right with start token 0 per segment."""
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]  # [batch, length]
+  if segment_ids is not None:  # The first token of every packed segment is 0 too.
+    prev = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
+    shifted = jnp.where(segment_ids == prev, shifted, 0)
+  return shifted
+
+
+def attention_mask(q_segments: Array, kv_segments: Array, causal: bool = False) -> Array:
+  """[batch, 1, q_len, kv_len] bool: same segment, key not padding, (causal) key <= query.
+
+  Segment ids are 1, 2, ... per packed sentence and 0 for padding; unpacked batches
+  use `segment_ids = tokens != 0`, so one formula covers padding and packing.
+  """
+  mask = (q_segments[:, :, None] == kv_segments[:, None, :]) & (
+      kv_segments[:, None, :] != 0)  # [batch, q_len, kv_len]
+  if causal:
+    q_len, kv_len = q_segments.shape[1], kv_segments.shape[1]
+    mask &= jnp.arange(q_len)[:, None] >= jnp.arange(kv_len)[None, :]
+  return mask[:, None]
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head dot-product attention with separate projections for reuse in decoding.
+
+  `project_kv` and `attend` are split so that decoding projects cross-attention
+  keys/values once per sentence and self-attention keys/values once per token.
+  """
+
+  def __init__(self, emb_dim: int, num_heads: int, qkv_dim: int, *, dropout_rate: float,
+               dtype, param_dtype, rngs: nnx.Rngs):
+    if qkv_dim % num_heads:
+      raise ValueError(f"qkv_dim={qkv_dim} is not a multiple of num_heads={num_heads}.")
+    head_dim = qkv_dim // num_heads
+    proj = functools.partial(
+        nnx.LinearGeneral, emb_dim, (num_heads, head_dim), dtype=dtype,
+        param_dtype=param_dtype, rngs=rngs,
+        kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("embed", "heads", "kv")),
+        bias_init=partitioned(ZEROS, ("heads", "kv")))
+    # No key bias: it adds the same q.b to every logit of a query, which softmax
+    # ignores, so its gradient is zero up to rounding noise that Adam would amplify.
+    self.query, self.key, self.value = proj(), proj(use_bias=False), proj()
+    self.out = nnx.LinearGeneral(
+        (num_heads, head_dim), emb_dim, axis=(-2, -1), dtype=dtype,
+        param_dtype=param_dtype, rngs=rngs,
+        kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("heads", "kv", "embed")),
+        bias_init=partitioned(ZEROS, ("embed",)))
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dtype = dtype
+
+  def project_kv(self, x: Array) -> tuple[Array, Array]:
+    """[batch, length, embed] -> keys, values, each [batch, length, heads, head_dim]."""
+    return self.key(x), self.value(x)
+
+  def attend(self, x: Array, k: Array, v: Array, mask: Array, *,
+             deterministic: bool = True, rngs=None) -> Array:
+    """x [batch, q_len, embed] attends to k, v [batch, kv_len, heads, head_dim]."""
+    q = self.query(x)  # [batch, q_len, heads, head_dim]
+    q = q * q.shape[-1] ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                        preferred_element_type=jnp.float32)  # [batch, heads, q, kv]
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    weights = self.dropout(weights, deterministic=deterministic, rngs=rngs)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
+    return self.out(out)  # [batch, q_len, embed]
+
+  def __call__(self, x: Array, kv_input: Array, mask: Array, *,
+               deterministic: bool = True, rngs=None) -> Array:
+    k, v = self.project_kv(kv_input)
+    return self.attend(x, k, v, mask, deterministic=deterministic, rngs=rngs)
+
+
+class MlpBlock(nnx.Module):
+  """Position-wise feed-forward block: Dense -> ReLU -> dropout -> Dense."""
+
+  def __init__(self, emb_dim: int, mlp_dim: int, *, dropout_rate: float, dtype,
+               param_dtype, rngs: nnx.Rngs):
+    dense = functools.partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.wi = dense(emb_dim, mlp_dim,
+                    kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("embed", "mlp")),
+                    bias_init=partitioned(ZEROS, ("mlp",)))
+    self.wo = dense(mlp_dim, emb_dim,
+                    kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("mlp", "embed")),
+                    bias_init=partitioned(ZEROS, ("embed",)))
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+  def __call__(self, x: Array, *, deterministic: bool = True, rngs=None) -> Array:
+    h = nnx.relu(self.wi(x))  # [batch, length, mlp]
+    h = with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = self.dropout(h, deterministic=deterministic, rngs=rngs)
+    return self.wo(h)  # [batch, length, embed]
+
+
+def update_cache(cache: Array, new: Array, index: Array) -> Array:
+  """Writes new [batch, 1, heads, head_dim] at position `index` of the cache.
+
+  cache: [batch, max_decode_len, heads, head_dim]; updated in place under jit.
+  """
+  return lax.dynamic_update_slice(cache, new.astype(cache.dtype),
+                                  (0, index, 0, 0))

@@ -1,0 +1,167 @@
+"""Train steps on meshes, checkpoint restore onto another mesh, overfitting, NaN stop."""
+import jax
+import numpy as np
+import pytest
+
+from data import pipeline
+from models import transformer
+from parallel import mesh as mesh_lib
+from parallel import sharding
+from training import checkpoints
+from training import optimizer as optimizer_lib
+from training import steps
+from training import trainer
+
+ROWS, LENGTH = 16, 32
+# Same math on 1 or 8 devices differs only by float32 reduction order.
+RTOL, ATOL = 2e-5, 2e-6
+
+
+def _batches(prepared, n, source=None):
+  config, _, sources, tokenizer = prepared
+  it = iter(pipeline.train_dataset(source or sources["train"], tokenizer,
+                                   batch_size=ROWS, max_length=LENGTH,
+                                   seed=config.seed, shard_index=0, shard_count=1))
+  return [next(it) for _ in range(n)]
+
+
+class Run:
+  """A smoke-config model and its jitted steps on one mesh."""
+
+  def __init__(self, prepared, mesh_shape, devices=None, **overrides):
+    config, _, _, tokenizer = prepared
+    self.config = config = config.copy_and_resolve_references()
+    config.update_from_flattened_dict(overrides)
+    self.mesh = mesh_lib.create_mesh(mesh_shape, devices)
+    self.rules = sharding.normalize_rules(config.logical_axis_rules)
+    self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
+    model_cfg = transformer.TransformerConfig.from_config(config.model,
+                                                          tokenizer.vocab_size)
+    self.tx = optimizer_lib.create_optimizer(config)
+    self.graphdef, self.rest, self.state, self.shardings = trainer.create_train_state(
+        model_cfg, self.tx, self.mesh, self.rules, config.seed)
+    self.train_step, self.eval_step = trainer.compile_steps(
+        config, self.graphdef, self.rest, self.tx, self.shardings, self.batch_sharding)
+
+  def train(self, batches):
+    losses = []
+    with sharding.use_mesh(self.mesh, self.rules):
+      for batch in batches:
+        self.state, metrics = self.train_step(
+            self.state, pipeline.make_global(batch, self.batch_sharding))
+        losses.append(float(metrics["loss"]))
+    return losses
+
+
+def _params(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+@pytest.mark.parametrize("mesh_shape", [(4, 2, 1), (2, 2, 2)])
+def test_sharded_steps_match_one_device(prepared, mesh_shape):
+  batches = _batches(prepared, 3)
+  single = Run(prepared, (1, 1, 1), jax.devices()[:1])
+  sharded = Run(prepared, mesh_shape)
+  np.testing.assert_allclose(sharded.train(batches), single.train(batches),
+                             rtol=RTOL)
+  for a, b in zip(_params(sharded.state), _params(single.state)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+  # Parameters (and the Adam moments) are split as the rules table says.
+  embedding = sharded.state.params["embed"]["embedding"].value
+  assert embedding.sharding.spec == sharding.logical_to_spec(
+      ("vocab", "embed"), sharded.rules, embedding.shape, sharded.mesh)
+  data, fsdp, tensor = mesh_shape
+  rows = embedding.shape[0] // tensor
+  assert embedding.sharding.shard_shape(embedding.shape) == (
+      rows, embedding.shape[1] // fsdp)
+  mu = sharded.state.opt_state[1][0].mu["embed"]["embedding"].value
+  assert mu.sharding == embedding.sharding
+
+
+def test_restore_onto_another_mesh_and_continue(prepared, tmp_path):
+  batches = _batches(prepared, 3)
+  first = Run(prepared, (4, 2, 1))
+  first.train(batches[:2])
+  data_iter = iter(pipeline.train_dataset(
+      prepared[2]["train"], prepared[3], batch_size=ROWS, max_length=LENGTH, seed=0,
+      shard_index=0, shard_count=1))
+  saver = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2)
+  saver.save(2, first.state, data_iter)
+  saver.close()
+  expected = first.train(batches[2:])
+
+  second = Run(prepared, (8, 1, 1))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      second.state)
+  restored, step = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2
+                                            ).restore_latest(abstract, data_iter)
+  assert step == 2 and int(restored.step) == 2
+  embedding = restored.params["embed"]["embedding"].value
+  assert embedding.sharding.mesh.shape == second.mesh.shape
+  second.state = restored
+  np.testing.assert_allclose(second.train(batches[2:]), expected, rtol=RTOL)
+
+
+def test_unreadable_latest_checkpoint_falls_back(prepared, tmp_path):
+  run = Run(prepared, (8, 1, 1))
+  data_iter = iter(pipeline.train_dataset(
+      prepared[2]["train"], prepared[3], batch_size=ROWS, max_length=LENGTH, seed=0,
+      shard_index=0, shard_count=1))
+  saver = checkpoints.Checkpointer(str(tmp_path), max_to_keep=3)
+  saver.save(1, run.state, data_iter)
+  saver.save(2, run.state, data_iter)
+  saver.close()
+  for f in (tmp_path / "checkpoints/2/state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b"garbage")
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), run.state)
+  restored, step = checkpoints.Checkpointer(str(tmp_path), max_to_keep=3
+                                            ).restore_latest(abstract, data_iter)
+  assert step == 1 and restored is not None
+
+
+def test_overfits_64_pairs(prepared):
+  source = [prepared[2]["train"][i] for i in range(64)]
+  run = Run(prepared, (8, 1, 1), **{"model.dropout_rate": 0.0, "label_smoothing": 0.0,
+                                    "learning_rate": 1e-2, "warmup_steps": 10})
+  losses = run.train(_batches(prepared, 150, source))
+  assert losses[-1] < 0.5 < losses[0], losses[::10]
+
+
+def test_label_smoothed_loss_is_zero_at_the_smoothed_target():
+  vocab, eps = 5, 0.1
+  targets = np.array([[1, 3]])
+  soft = np.full((1, 2, vocab), eps / (vocab - 1))
+  soft[0, 0, 1] = soft[0, 1, 3] = 1 - eps
+  loss, weight = steps.cross_entropy(np.log(soft), targets, np.ones((1, 2)), eps)
+  assert abs(float(loss)) < 1e-5 and float(weight) == 2.0
+  worse, _ = steps.cross_entropy(np.zeros((1, 2, vocab)), targets, np.ones((1, 2)), eps)
+  assert float(worse) > 0.1
+
+
+def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path):
+  config = prepared[0].copy_and_resolve_references()
+  config.num_train_steps = 12
+  config.checkpoint_every_steps = 5
+  config.eval_every_steps = 100
+  config.inject_nan_at_step = 7  # The 8th step (state.step == 7) has a NaN loss.
+  workdir = tmp_path / "run"
+  (workdir).mkdir()
+  (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
+  with pytest.raises(trainer.NonFiniteLossError, match="step 8.*checkpoint is step 5"):
+    trainer.run(config, str(workdir))
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                if p.name.isdigit()) == [5]
+  run = Run(prepared, (8, 1, 1))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), run.state)
+  data_iter = iter(pipeline.train_dataset(
+      prepared[2]["train"], prepared[3], batch_size=ROWS, max_length=LENGTH, seed=0,
+      shard_index=0, shard_count=1))
+  restored, step = checkpoints.Checkpointer(str(workdir), max_to_keep=2
+                                            ).restore_latest(abstract, data_iter)
+  assert step == 5
+  assert all(np.isfinite(p).all() for p in _params(restored))

@@ -1,0 +1,61 @@
+"""Checkpoints with orbax: train state and data-iterator state saved together.
+
+Layout: `workdir/checkpoints/<step>/{state,data}`. `state` is the sharded TrainState
+(each process writes its shards); `data` is every process's grain iterator state, so
+a resumed run reads exactly the batches an uninterrupted run would have.
+Saves are asynchronous; orbax writes into a temporary folder and renames it when
+complete, so a crash mid-save leaves no half checkpoint behind, and a checkpoint
+that is there but unreadable is skipped in favour of the one before it.
+"""
+from absl import logging
+from etils import epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointer:
+  """Saves every `every_steps` steps, keeps the last `max_to_keep`, restores the latest."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int, async_save: bool = True):
+    self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            enable_async_checkpointing=async_save))
+
+  def save(self, step: int, state, data_iterator) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+
+  def restore_latest(self, abstract_state, data_iterator):
+    """The newest readable checkpoint as (state, step), or (None, 0) if none exists.
+
+    `abstract_state` is a tree of `jax.ShapeDtypeStruct` with the shardings wanted
+    now, so a checkpoint written on another mesh shape is resharded on read.
+    `data_iterator` is moved to the saved position in place.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the one"
+                        " before it.", self.directory, step, type(e).__name__, e)
+        continue
+      logging.info("Restored step %d from %s.", step, self.directory)
+      return restored.state, step
+    return None, 0
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every host once the cluster has been told to stop (multi-host runs)."""
+    return jax.process_count() > 1 and self.manager.reached_preemption(step)
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

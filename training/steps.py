@@ -1,0 +1,105 @@
+"""Pure train and eval steps over pytrees, jitted by `training.trainer` with shardings.
+
+The model lives as (graphdef, params): the step merges them into a Transformer
+inside the trace, so the jitted function takes and returns plain pytrees and the
+train state can be donated, sharded and checkpointed as one tree.
+"""
+from typing import Any
+
+import flax
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes: exact resume needs exactly this, plus the data state."""
+  step: jax.Array  # [] int32, number of optimizer steps taken.
+  params: nnx.State  # nnx.Param leaves of the model.
+  opt_state: optax.OptState
+
+
+def cross_entropy(logits, targets, weights, label_smoothing: float = 0.0):
+  """Sums of label-smoothed cross-entropy and of weights, over [batch, length].
+
+  The smoothed target puts 1 - label_smoothing on the reference token and spreads
+  the rest uniformly; its entropy is subtracted so a perfect model scores 0.
+  """
+  vocab = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low = label_smoothing / (vocab - 1)
+  normalizer = -(confidence * jnp.log(confidence)
+                 + (vocab - 1) * low * jnp.log(low + 1e-20))
+  soft = low + (confidence - low) * jax.nn.one_hot(targets, vocab)  # [b, l, vocab]
+  loss = optax.softmax_cross_entropy(logits, soft) - normalizer  # [batch, length]
+  return (loss * weights).sum(), weights.sum()
+
+
+def _weights(batch):
+  """1.0 at real target tokens, 0.0 at padding: [batch, length]."""
+  return (batch["targets_segment_ids"] > 0).astype(jnp.float32)
+
+
+def _forward(graphdef, params, rest, batch, *, deterministic: bool, rngs=None):
+  model = nnx.merge(graphdef, params, rest)
+  return model(batch["inputs"], batch["targets"],
+               inputs_segment_ids=batch["inputs_segment_ids"],
+               targets_segment_ids=batch["targets_segment_ids"],
+               inputs_positions=batch["inputs_positions"],
+               targets_positions=batch["targets_positions"],
+               deterministic=deterministic, rngs=rngs)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, rest,
+               tx: optax.GradientTransformation, schedule, seed: int,
+               label_smoothing: float, inject_nan_at_step: int = -1
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch; returns the new state and scalar metrics.
+
+  Dropout keys derive from (seed, step), so a resumed run draws the same masks.
+  """
+  dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+  weights = _weights(batch)
+
+  def loss_fn(params):
+    logits = _forward(graphdef, params, rest, batch, deterministic=False,
+                      rngs=nnx.Rngs(dropout=dropout_key))
+    loss_sum, weight_sum = cross_entropy(logits, batch["targets"], weights,
+                                         label_smoothing)
+    loss = loss_sum / jnp.maximum(weight_sum, 1.0)  # Token-weighted mean.
+    if inject_nan_at_step >= 0:  # Test hook, resolved at trace time.
+      loss = jnp.where(state.step == inject_nan_at_step, jnp.nan, loss)
+    return loss, logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  accuracy = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
+  metrics = {
+      "loss": loss,
+      "accuracy": accuracy / jnp.maximum(weights.sum(), 1.0),
+      "tokens": weights.sum(),
+      "grad_norm": optax.global_norm(grads),
+      "learning_rate": schedule(state.step),
+  }
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict[str, jax.Array], *, graphdef, rest
+              ) -> dict[str, jax.Array]:
+  """Sums over a batch of unsmoothed loss, correct tokens and tokens."""
+  weights = _weights(batch)
+  logits = _forward(graphdef, params, rest, batch, deterministic=True)
+  loss_sum, weight_sum = cross_entropy(logits, batch["targets"], weights)
+  correct = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
+  return {"loss_sum": loss_sum, "correct": correct, "tokens": weight_sum}
+
+
+def summarize_eval(sums: dict[str, Any]) -> dict[str, float]:
+  """Token-weighted loss, accuracy and perplexity from summed eval metrics."""
+  tokens = max(float(sums["tokens"]), 1.0)
+  loss = float(sums["loss_sum"]) / tokens
+  return {"loss": loss, "accuracy": float(sums["correct"]) / tokens,
+          "perplexity": float(jnp.exp(loss))}
