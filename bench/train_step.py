@@ -1,0 +1,107 @@
+"""Train-step benchmark on synthetic batches: step time, tokens/s and model-FLOP use.
+
+  python bench/train_step.py --config=configs/transformer_base.py --batch_size=8
+
+Prints one JSON line per config. Model-FLOP utilisation (MFU) counts 6 x parameters x
+tokens per step (tokens = batch_size x length, each a source and a target position),
+against a square matmul in the model's compute dtype timed in the same run. Needs only
+JAX, Flax and optax: no data pipeline, no TFDS.
+"""
+import json
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from models import transformer
+from parallel import mesh as mesh_lib
+from parallel import sharding
+from training import optimizer as optimizer_lib
+from training import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/transformer_base.py",
+                                          "Config whose model and optimizer to time.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Rows per step.")
+_LENGTH = flags.DEFINE_integer("length", 64, "Source and target tokens per row.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 32000, "Shared vocabulary size.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiling one.")
+_MATMUL = flags.DEFINE_integer("matmul_size", 4096, "Side of the peak-FLOP/s matmul.")
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_flops_per_sec(n: int, dtype) -> float:
+  """Achieved FLOP/s of an n x n x n matmul: the ceiling MFU is measured against."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, b))
+  return 2 * n**3 / _median_seconds(lambda: matmul(a, b), 5)
+
+
+def synthetic_batch(batch: int, length: int, vocab: int) -> dict[str, np.ndarray]:
+  """Unpadded random rows: every position counts as a real token."""
+  rng = np.random.default_rng(0)
+  tokens = lambda: rng.integers(3, vocab, (batch, length), dtype=np.int32)
+  ones = np.ones((batch, length), np.int32)
+  positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
+  return {"inputs": tokens(), "targets": tokens(), "inputs_segment_ids": ones,
+          "targets_segment_ids": ones, "inputs_positions": positions,
+          "targets_positions": positions}
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  mesh = mesh_lib.create_mesh(config.mesh_shape)
+  rules = sharding.normalize_rules(config.logical_axis_rules)
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+  model_cfg = transformer.TransformerConfig.from_config(config.model, _VOCAB.value)
+  tx = optimizer_lib.create_optimizer(config)
+  graphdef, rest, state, shardings = trainer.create_train_state(
+      model_cfg, tx, mesh, rules, config.seed)
+  train_step, _ = trainer.compile_steps(config, graphdef, rest, tx, shardings,
+                                        batch_sharding)
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  local = synthetic_batch(_BATCH.value, _LENGTH.value, _VOCAB.value)
+  with sharding.use_mesh(mesh, rules):
+    batch = jax.tree.map(lambda x: jax.device_put(x, batch_sharding), local)
+    start = time.perf_counter()
+    state, metrics = train_step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(_STEPS.value):
+      start = time.perf_counter()
+      state, metrics = train_step(state, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  tokens = _BATCH.value * _LENGTH.value
+  peak = matmul_flops_per_sec(_MATMUL.value, jnp.dtype(config.model.dtype))
+  print(json.dumps({
+      "config": config.model.to_dict(), "parameters": params,
+      "batch_size": _BATCH.value, "length": _LENGTH.value,
+      "compile_s": round(compile_s, 2), "step_ms": round(1000 * step_s, 2),
+      "tokens_per_s": round(tokens / step_s, 1),
+      "model_tflops_per_s": round(6 * params * tokens / step_s / 1e12, 4),
+      "matmul_tflops_per_s": round(peak / 1e12, 4),
+      "mfu": round(6 * params * tokens / step_s / peak, 4),
+      "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(), "jax": jax.__version__}))
+
+
+if __name__ == "__main__":
+  app.run(main)
