@@ -113,7 +113,7 @@ def test_unreadable_latest_checkpoint_falls_back(prepared, tmp_path):
   saver.save(1, run.state, data_iter)
   saver.save(2, run.state, data_iter)
   saver.close()
-  for f in (tmp_path / "checkpoints/2/state").rglob("*"):
+  for f in (tmp_path / "checkpoints/2/params").rglob("*"):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b"garbage")
   abstract = jax.tree.map(

@@ -1,8 +1,10 @@
 """Checkpoints with orbax: train state and data-iterator state saved together.
 
-Layout: `workdir/checkpoints/<step>/{state,data}`. `state` is the sharded TrainState
-(each process writes its shards); `data` is every process's grain iterator state, so
-a resumed run reads exactly the batches an uninterrupted run would have.
+Layout: `workdir/checkpoints/<step>/{params,optimizer,data}`. `params` holds the model
+parameters alone, so inference reads them without touching the optimizer state;
+`optimizer` holds the step and optimizer state; both are sharded (each process writes
+its shards). `data` is every process's grain iterator state, so a resumed run reads
+exactly the batches an uninterrupted run would have.
 Saves are asynchronous; orbax writes into a temporary folder and renames it when
 complete, so a crash mid-save leaves no half checkpoint behind, and a checkpoint
 that is there but unreadable is skipped in favour of the one before it.
@@ -12,6 +14,8 @@ from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from training import steps
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -29,7 +33,9 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator) -> None:
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        params=ocp.args.StandardSave(state.params),
+        optimizer=ocp.args.StandardSave({"step": state.step,
+                                         "opt_state": state.opt_state}),
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
 
   def restore_latest(self, abstract_state, data_iterator):
@@ -42,14 +48,16 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            params=ocp.args.StandardRestore(abstract_state.params),
+            optimizer=ocp.args.StandardRestore(
+                {"step": abstract_state.step, "opt_state": abstract_state.opt_state}),
             data=grain.checkpoint.CheckpointRestore(data_iterator)))
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the one"
                         " before it.", self.directory, step, type(e).__name__, e)
         continue
       logging.info("Restored step %d from %s.", step, self.directory)
-      return restored.state, step
+      return steps.TrainState(params=restored.params, **restored.optimizer), step
     return None, 0
 
   def reached_preemption(self, step: int) -> bool:

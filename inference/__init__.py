@@ -1,0 +1,1 @@
+"""Inference: restore parameters, batch and translate, score BLEU, benchmark decoding."""

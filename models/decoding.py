@@ -1,0 +1,282 @@
+"""Beam search over the Transformer's incremental decoder, as one jitted XLA program.
+
+The encoder runs once per batch and every decoder layer's cross-attention keys/values
+are projected once per sentence. They are not tiled over the beam: the beams of a
+sentence become the query axis of cross-attention (`_decode_step`), so a
+[batch * beam] decoder attends to [batch] keys/values. Self-attention keys/values go
+into a cache preallocated for `max_decode_len` positions and written in place.
+
+Search rules (`beam_search`), per sentence:
+- Each step expands every live hypothesis by every token except pad (id 0) and keeps
+  the `beam_size` best candidates by log-probability. Candidates ending in EOS, or
+  reaching the sentence's max length `min(floor(a * src_len + b), max_decode_len)`,
+  move to the finished set (the `beam_size` best by length-normalised score); the
+  others stay live. So beam 1 is exactly greedy search, whatever `alpha` is.
+- Score = sum of log-probabilities / ((5 + length) / 6) ** alpha (GNMT). Length counts
+  the EOS token when the hypothesis ends with one; a hypothesis cut at the max length
+  has no EOS. `lengths == (tokens != 0).sum(-1)`.
+- The sentence stops once its finished set is full and no live hypothesis can beat
+  the worst finished one (`live_score_bound`), or when nothing is live. Its state is
+  then frozen, so the result does not depend on how long its batch mates run.
+"""
+import functools
+from typing import NamedTuple
+
+import flax
+from flax import nnx
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from models.layers import update_cache
+from models.transformer import ACTIVATION, CrossKV, DecodeCache, Transformer
+from parallel.sharding import logical_to_spec, with_logical_constraint
+
+Array = jax.Array
+PAD, EOS = 0, 1
+NEG_INF = -jnp.inf
+CACHE_AXES = ("batch", "length", "heads", "kv")  # [batch * beam, max_decode_len, ...]
+
+
+class Decoded(NamedTuple):
+  """Beam-search output: n-best hypotheses per sentence, best first."""
+  tokens: Array  # [batch, nbest, max_decode_len] int32, EOS kept, 0 after it
+  scores: Array  # [batch, nbest] float32 length-normalised; -inf for missing ones
+  lengths: Array  # [batch, nbest] int32 tokens including EOS (0 for missing ones)
+  steps: Array  # [] int32 decoder steps the loop ran (early stopping shows here)
+
+
+@flax.struct.dataclass
+class BeamState:
+  """The `lax.while_loop` carry. Empty slots have log-probability/score -inf."""
+  step: Array  # [] int32: tokens decoded so far = position written next
+  alive_seqs: Array  # [batch, beam, max_decode_len] int32
+  alive_logp: Array  # [batch, beam] float32 sum of log-probabilities
+  finished_seqs: Array  # [batch, beam, max_decode_len] int32
+  finished_scores: Array  # [batch, beam] float32, sorted best first
+  finished_lens: Array  # [batch, beam] int32
+  cache: DecodeCache  # self-attention K/V, rows [batch * beam]
+
+
+def length_penalty(length: Array, alpha: Array) -> Array:
+  """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al., 2016)."""
+  return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+
+
+def live_score_bound(alive_logp: Array, length: Array, max_len: Array,
+                     alpha: Array) -> Array:
+  """[batch] upper bound on the score any live hypothesis can still reach.
+
+  alive_logp [batch, beam] (-inf for empty slots) of hypotheses with `length` tokens;
+  max_len [batch]. A hypothesis's final log-probability is at most its current one
+  s <= 0 and its final length L lies in (length, max_len]. As the penalty is
+  monotone in L (up or down by the sign of alpha), s / penalty(L) is at most s over
+  the larger penalty of the two ends. With alpha > 0 that is the max length: bounding
+  with the next length instead would stop too early.
+  """
+  largest_penalty = jnp.maximum(length_penalty(length + 1, alpha),
+                                length_penalty(max_len, alpha))  # [batch]
+  return jnp.max(alive_logp, axis=1) / largest_penalty
+
+
+def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
+                max_decode_len: int) -> Array:
+  """[batch] int32 per-sentence max output length, EOS included: a * src_len + b.
+
+  src_len counts non-pad source tokens, so padding does not change it; the result is
+  clipped to [1, max_decode_len].
+  """
+  src_len = jnp.sum(inputs != PAD, axis=-1).astype(jnp.float32)  # [batch]
+  limit = jnp.floor(max_len_a * src_len + max_len_b)
+  return jnp.clip(limit, 1, max_decode_len).astype(jnp.int32)
+
+
+def _decode_step(model: Transformer, token: Array, step: Array, cache: DecodeCache,
+                 cross_kv: CrossKV, cross_mask: Array) -> tuple[Array, DecodeCache]:
+  """`Transformer.decode_step` for beam rows, without tiling cross-attention K/V.
+
+  token [batch * beam] (row-major: the beams of sentence 0 first); cross_kv
+  [batch, src_len, heads, head_dim]; cross_mask [batch, 1, 1, src_len]. Cross-attention
+  is per query, so reshaping the queries to [batch, beam, embed] (beams as the query
+  axis) gives the same result as tiling K/V beam times, without the copies. The
+  wiring repeats `DecoderLayer.__call__` with the layers' own submodules; the tests
+  compare it with the teacher-forced forward pass.
+  Returns float32 logits [batch * beam, vocab] and the cache with this step written.
+  """
+  rows, batch = token.shape[0], cross_mask.shape[0]
+  max_decode_len = cache.k[0].shape[1]
+  positions = jnp.full((rows, 1), step, jnp.int32)
+  y = model._embed(model._target_table, token[:, None], positions, True, None)
+  self_mask = (jnp.arange(max_decode_len) <= step)[None, None, None, :]
+  new_k, new_v = [], []
+  for i, layer in enumerate(model.decoder_layers):  # y: [rows, 1, embed]
+    out = functools.partial(layer._branch_out, deterministic=True, rngs=None)
+    h = layer._branch_in(y, layer.self_norm)
+    k, v = layer.self_attn.project_kv(h)  # [rows, 1, heads, head_dim]
+    k, v = update_cache(cache.k[i], k, step), update_cache(cache.v[i], v, step)
+    new_k.append(k)
+    new_v.append(v)
+    y = out(y, layer.self_attn.attend(h, k, v, self_mask), layer.self_norm)
+    h = layer._branch_in(y, layer.cross_norm).reshape(batch, rows // batch, -1)
+    h = layer.cross_attn.attend(h, cross_kv.k[i], cross_kv.v[i], cross_mask)
+    y = out(y, h.reshape(y.shape), layer.cross_norm)  # [rows, 1, embed]
+    y = out(y, layer.mlp(layer._branch_in(y, layer.mlp_norm)), layer.mlp_norm)
+    y = with_logical_constraint(y, ACTIVATION)
+  logits = model._logits(y)[:, 0]  # [rows, vocab]
+  return logits, DecodeCache(k=tuple(new_k), v=tuple(new_v), index=step + 1)
+
+
+def _top_k(x: Array, k: int) -> tuple[Array, Array]:
+  """`lax.top_k` of x [batch, n] per sentence, run on each batch shard under a mesh.
+
+  The partitioner does not split XLA's TopK by rows: it would gather the whole
+  [batch, beam * vocab] candidate array onto every device at every step.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  spec = None if mesh.empty else logical_to_spec(("batch", None), shape=x.shape,
+                                                 mesh=mesh)
+  if spec is None or spec[0] is None:
+    return lax.top_k(x, k)
+  return jax.shard_map(lambda y: tuple(lax.top_k(y, k)), mesh=mesh, in_specs=spec,
+                       out_specs=(spec, spec))(x)
+
+
+def _gather_beams(x: Array, idx: Array) -> Array:
+  """x [batch, n, ...] -> [batch, k, ...] picked by idx [batch, k] per sentence.
+
+  A batched gather (batch is a gather batch dimension), so a batch-sharded x stays on
+  its shard.
+  """
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _reorder_cache(cache: DecodeCache, parent: Array) -> DecodeCache:
+  """Self-attention cache rows follow their hypotheses' parents.
+
+  Cost: per step this copies the whole cache, 2 * layers * batch * beam *
+  max_decode_len * qkv_dim values, the price of a cache that attention reads
+  contiguously. Skipped for beam 1, where the parent is always the row itself.
+  """
+  if parent.shape[1] == 1:
+    return cache
+  batch, beam = parent.shape
+
+  def move(c: Array) -> Array:  # [batch * beam, max_decode_len, heads, head_dim]
+    c = _gather_beams(c.reshape((batch, beam) + c.shape[1:]), parent)
+    return with_logical_constraint(c.reshape((batch * beam,) + c.shape[2:]), CACHE_AXES)
+
+  return DecodeCache(k=tuple(map(move, cache.k)), v=tuple(map(move, cache.v)),
+                     index=cache.index)
+
+
+def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, cross_mask: Array,
+          max_len: Array, alpha: Array, suppress_eos: bool) -> BeamState:
+  """One decoder step for every live hypothesis, then the beam bookkeeping."""
+  batch, beam = state.alive_seqs.shape[:2]
+  t = state.step
+  # Decoder input: the token at t - 1, start token 0 at t = 0.
+  prev = lax.dynamic_index_in_dim(state.alive_seqs, jnp.maximum(t - 1, 0), axis=2,
+                                  keepdims=False)  # [batch, beam]
+  prev = jnp.where(t == 0, 0, prev)
+  logits, cache = _decode_step(model, prev.reshape(-1), t, state.cache, cross_kv,
+                               cross_mask)
+  vocab = logits.shape[-1]
+  logp = jax.nn.log_softmax(logits).reshape(batch, beam, vocab)
+  # Pad is never emitted; its probability mass is dropped, not renormalised, so
+  # scores stay sums of the model's log-probabilities.
+  logp = logp.at[..., PAD].set(NEG_INF)
+  if suppress_eos:
+    logp = logp.at[..., EOS].set(NEG_INF)
+  candidates = state.alive_logp[..., None] + logp  # [batch, beam, vocab]
+  top_logp, top_idx = _top_k(candidates.reshape(batch, beam * vocab), beam)
+  parent, token = top_idx // vocab, top_idx % vocab  # [batch, beam]
+  seqs = _gather_beams(state.alive_seqs, parent)
+  seqs = lax.dynamic_update_index_in_dim(seqs, token, t, axis=2)
+  length = t + 1
+  finishing = (token == EOS) | (length >= max_len[:, None])  # [batch, beam]
+
+  # Finished set: the beam best of old and new, old first so that ties keep it.
+  new_scores = jnp.where(finishing, top_logp / length_penalty(length, alpha), NEG_INF)
+  all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
+  finished_scores, keep = _top_k(all_scores, beam)  # [batch, beam]
+  all_seqs = jnp.concatenate([state.finished_seqs, seqs], axis=1)
+  all_lens = jnp.concatenate(
+      [state.finished_lens, jnp.full((batch, beam), length, jnp.int32)], axis=1)
+  finished_seqs = _gather_beams(all_seqs, keep)
+  finished_lens = _gather_beams(all_lens, keep)
+
+  alive_logp = jnp.where(finishing, NEG_INF, top_logp)  # [batch, beam]
+  bound = live_score_bound(alive_logp, length, max_len, alpha)  # [batch]
+  # Done once no live hypothesis can beat the worst finished one (also when nothing
+  # is live: the bound is then -inf).
+  done = finished_scores[:, -1] >= bound
+  alive_logp = jnp.where(done[:, None], NEG_INF, alive_logp)  # Freezes the sentence.
+  return BeamState(step=length, alive_seqs=seqs, alive_logp=alive_logp,
+                   finished_seqs=finished_seqs, finished_scores=finished_scores,
+                   finished_lens=finished_lens, cache=_reorder_cache(cache, parent))
+
+
+def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
+                alpha: float | Array, max_len_a: float | Array,
+                max_len_b: float | Array, *, beam_size: int, max_decode_len: int,
+                nbest: int = 1, forced_len: int | None = None) -> Decoded:
+  """Translates source rows inputs [batch, src_len] (0-padded) into n-best lists.
+
+  graphdef/params: `nnx.split(model)`. `alpha`, `max_len_a` and `max_len_b` are traced,
+  so new values reuse the compilation (pass them as floats every time: an int has
+  another type and compiles anew); `beam_size`, `max_decode_len`, `nbest` and
+  `forced_len` are static. `forced_len` is benchmark mode: EOS is suppressed and
+  every hypothesis runs to exactly `forced_len` tokens (`max_len_a/b` are ignored),
+  so decoders can be compared on identical work.
+  Use `beam_search_jit`, or call this inside your own `jax.jit`.
+  """
+  if not 1 <= nbest <= beam_size:
+    raise ValueError(f"nbest={nbest} must be between 1 and beam_size={beam_size}.")
+  if forced_len is not None and not 1 <= forced_len <= max_decode_len:
+    raise ValueError(f"forced_len={forced_len} must be between 1 and "
+                     f"max_decode_len={max_decode_len}.")
+  model = nnx.merge(graphdef, params)
+  if max_decode_len > model.cfg.max_len:
+    raise ValueError(f"max_decode_len={max_decode_len} exceeds model.max_len="
+                     f"{model.cfg.max_len}, beyond which positions are clipped; "
+                     "lower it.")
+  batch, beam = inputs.shape[0], beam_size
+  alpha = jnp.asarray(alpha, jnp.float32)
+  if forced_len is None:
+    max_len = max_lengths(inputs, jnp.asarray(max_len_a, jnp.float32),
+                          jnp.asarray(max_len_b, jnp.float32), max_decode_len)
+  else:
+    max_len = jnp.full((batch,), forced_len, jnp.int32)
+  num_steps = max_decode_len if forced_len is None else forced_len
+
+  cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, src_len, ...]
+  cross_mask = (inputs != PAD)[:, None, None, :]  # [batch, 1, 1, src_len]
+  seqs = jnp.zeros((batch, beam, max_decode_len), jnp.int32)
+  # Only beam 0 is live at first: the others would repeat it.
+  alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)
+  state = BeamState(
+      step=jnp.zeros((), jnp.int32), alive_seqs=seqs,
+      alive_logp=jnp.broadcast_to(alive_logp, (batch, beam)).astype(jnp.float32),
+      finished_seqs=seqs, finished_scores=jnp.full((batch, beam), NEG_INF),
+      finished_lens=jnp.zeros((batch, beam), jnp.int32),
+      cache=model.init_cache(batch * beam, max_decode_len))
+
+  def cond(s: BeamState) -> Array:
+    return (s.step < num_steps) & jnp.any(s.alive_logp > NEG_INF)
+
+  def body(s: BeamState) -> BeamState:
+    return _step(model, s, cross_kv, cross_mask, max_len, alpha,
+                 suppress_eos=forced_len is not None)
+
+  state = lax.while_loop(cond, body, state)
+  scores = state.finished_scores[:, :nbest]  # [batch, nbest]
+  found = scores > NEG_INF  # Fewer than nbest only with a tiny vocabulary/max length.
+  tokens = jnp.where(found[..., None], state.finished_seqs[:, :nbest], 0)
+  lengths = jnp.where(found, state.finished_lens[:, :nbest], 0)
+  return Decoded(tokens=tokens, scores=scores, lengths=lengths, steps=state.step)
+
+
+# The entry point callers use: graphdef (argument 0) and the sizes are static.
+beam_search_jit = jax.jit(
+    beam_search, static_argnums=0,
+    static_argnames=("beam_size", "max_decode_len", "nbest", "forced_len"))
