@@ -24,9 +24,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad_accum_steps = 1  # Micro-batches per optimizer update (optax.MultiSteps).
   config.label_smoothing = 0.1  # Probability mass spread over non-reference tokens.
   config.log_every_steps = 50  # Train metrics to TensorBoard, metrics.jsonl, stdout.
-  config.eval_every_steps = 200  # Validation loss, accuracy and perplexity.
+  config.eval_every_steps = 200  # Validation loss, accuracy, perplexity and BLEU.
+  config.eval_bleu_sentences = -1  # Validation pairs translated for BLEU (-1 all, 0 off).
+  config.eval_beam_size = 4  # Beam width for validation BLEU.
+  config.eval_alpha = 0.6  # Length penalty for validation BLEU.
   config.checkpoint_every_steps = 200  # Asynchronous orbax saves.
-  config.max_checkpoints_to_keep = 5  # Older checkpoints are deleted.
+  config.max_checkpoints_to_keep = 5  # Older ones are deleted, except the best by BLEU.
   config.profile_start_step = -1  # Step at which a jax.profiler trace starts (-1: off).
   config.profile_num_steps = 5  # Steps in the trace, written to WORKDIR/profile.
   config.inject_nan_at_step = -1  # Test hook: make this step's loss NaN (-1: off).

@@ -13,6 +13,7 @@ import math
 import sys
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
@@ -119,12 +120,15 @@ def make_decoder(graphdef, state, mesh, *, beam_size: int, alpha: float,
   """
   def decode(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     max_decode_len = min(max_len, math.ceil(max_len_a * inputs.shape[1] + max_len_b))
-    # Rows split over ('data', 'fsdp') as far as the row count divides.
+    # Rows split over ('data', 'fsdp') as far as the row count divides. Every process
+    # holds the same `inputs` and gets back all rows (multi-host evaluation).
     spec = sharding.logical_to_spec(("batch", "length"), shape=inputs.shape, mesh=mesh)
-    inputs = jax.device_put(inputs, jax.sharding.NamedSharding(mesh, spec))
+    global_inputs = jax.make_array_from_callback(
+        inputs.shape, jax.sharding.NamedSharding(mesh, spec), lambda i: inputs[i])
     with sharding.use_mesh(mesh):
       out = decoding.beam_search_jit(
-          graphdef, state, inputs, alpha, max_len_a,
-          max_len_b, beam_size=beam_size, max_decode_len=max_decode_len, nbest=nbest)
-    return np.asarray(out.tokens), np.asarray(out.scores)
+          graphdef, state, global_inputs, alpha, max_len_a, max_len_b,
+          beam_size=beam_size, max_decode_len=max_decode_len, nbest=nbest)
+    return (multihost_utils.process_allgather(out.tokens, tiled=True),
+            multihost_utils.process_allgather(out.scores, tiled=True))
   return decode

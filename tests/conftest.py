@@ -53,13 +53,14 @@ def prepared(smoke_config, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_workdir(prepared, tmp_path_factory):
-  """A workdir after 4 smoke training steps, with checkpoints at steps 2 and 4."""
+  """A workdir after 4 smoke training steps: checkpoints at steps 2 and 4, BLEU at 4."""
   from training import trainer  # pylint: disable=import-outside-toplevel
   config, tokenizer_dir, _, _ = prepared
   config = config.copy_and_resolve_references()
   config.num_train_steps = 4
   config.checkpoint_every_steps = 2
-  config.eval_every_steps = 1000
+  config.eval_every_steps = 1000  # Evaluates at the last step only,
+  config.eval_bleu_sentences = 8  # with BLEU on a few validation sentences.
   workdir = tmp_path_factory.mktemp("trained")
   (workdir / "spm.model").write_bytes((tokenizer_dir / "spm.model").read_bytes())
   trainer.run(config, str(workdir))

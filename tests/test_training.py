@@ -1,4 +1,6 @@
 """Train steps on meshes, checkpoint restore onto another mesh, overfitting, NaN stop."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -165,3 +167,25 @@ def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path):
                                             ).restore_latest(abstract, data_iter)
   assert step == 5
   assert all(np.isfinite(p).all() for p in _params(restored))
+
+
+def test_keeps_the_last_checkpoints_and_the_best_by_bleu(prepared, tmp_path):
+  run = Run(prepared, (8, 1, 1))
+  data_iter = iter(pipeline.train_dataset(
+      prepared[2]["train"], prepared[3], batch_size=ROWS, max_length=LENGTH, seed=0,
+      shard_index=0, shard_count=1))
+  saver = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2)
+  for step, bleu in ((1, 10.0), (2, 30.0), (3, 20.0), (4, None), (5, 15.0)):
+    saver.save(step, run.state, data_iter, bleu=bleu)
+  saver.close()
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                if p.name.isdigit()) == [2, 4, 5]
+
+
+def test_training_logs_validation_bleu(trained_workdir):
+  rows = [json.loads(line) for line in
+          (trained_workdir / "metrics.jsonl").read_text().splitlines()]
+  validation = [r for r in rows if r["split"] == "validation"]
+  assert [r["step"] for r in validation] == [4]
+  assert {"loss", "perplexity", "bleu", "sacrebleu", "chrf"} <= set(validation[0])
+  assert (trained_workdir / "curves.png").stat().st_size > 0

@@ -21,18 +21,24 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 class Checkpointer:
-  """Saves every `every_steps` steps, keeps the last `max_to_keep`, restores the latest."""
+  """Keeps the last `max_to_keep` checkpoints plus the best by validation BLEU."""
 
   def __init__(self, workdir: str, *, max_to_keep: int, async_save: bool = True):
     self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+    policies = ocp.checkpoint_managers
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True,
-            enable_async_checkpointing=async_save))
+            create=True, enable_async_checkpointing=async_save,
+            preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(n=max_to_keep),
+                policies.BestN(get_metric_fn=lambda m: m["bleu"], n=1,
+                               keep_checkpoints_without_metrics=False)])))
 
-  def save(self, step: int, state, data_iterator) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
+  def save(self, step: int, state, data_iterator, bleu: float | None = None) -> None:
+    """Saves asynchronously; `bleu` (validation, if measured now) ranks checkpoints."""
+    self.manager.save(step, metrics=None if bleu is None else {"bleu": bleu},
+                      args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         optimizer=ocp.args.StandardSave({"step": state.step,
                                          "opt_state": state.opt_state}),

@@ -18,6 +18,8 @@ import tqdm
 
 from data import pipeline
 from data import prepare
+from inference import bleu as bleu_lib
+from inference import translate
 from models import transformer
 from parallel import mesh as mesh_lib
 from parallel import sharding
@@ -106,6 +108,21 @@ class _Sigterm:
     self.received = True
 
 
+def validation_bleu(config, model_cfg, graphdef, rest, params, mesh, tokenizer,
+                    pairs) -> dict[str, float]:
+  """Beam-search translations of `pairs` scored as in inference/bleu.py."""
+  graphdef, state = nnx.split(nnx.merge(graphdef, params, rest))
+  decode = translate.make_decoder(
+      graphdef, state, mesh, beam_size=config.eval_beam_size, alpha=config.eval_alpha,
+      max_len_a=1.5, max_len_b=10.0, nbest=1, max_len=model_cfg.max_len)
+  sources, references = zip(*pairs)
+  hypotheses = translate.translate(sources, tokenizer, decode, max_len=model_cfg.max_len,
+                                   batch_tokens=config.batch_tokens)
+  scores = bleu_lib.score(hypotheses, references)
+  return {"bleu": scores["bleu_lc_tok"], "sacrebleu": scores["sacrebleu"],
+          "chrf": scores["chrf"]}
+
+
 def _check_finite(step: int, metrics: dict, checkpointer) -> None:
   if not all(np.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
     last = checkpointer.manager.latest_step()
@@ -150,7 +167,14 @@ def _input_pipelines(config, workdir: epath.Path, mesh, batch_sharding):
   eval_batches = list(pipeline.eval_dataset(
       sources["validation"], tokenizer, batch_size=rows,
       max_length=data_cfg.eval_max_length, **langs))
-  return tokenizer, train_iter, eval_batches
+  # Sentence pairs translated for validation BLEU (every process decodes all).
+  validation = sources["validation"]
+  count = len(validation) if config.eval_bleu_sentences < 0 else min(
+      config.eval_bleu_sentences, len(validation))
+  bleu_pairs = [tuple(pipeline._text(validation[i][lang])  # pylint: disable=protected-access
+                      for lang in (data_cfg.source_lang, data_cfg.target_lang))
+                for i in range(count)]
+  return tokenizer, train_iter, eval_batches, bleu_pairs
 
 
 def run(config, workdir: str) -> dict[str, float]:
@@ -162,8 +186,8 @@ def run(config, workdir: str) -> dict[str, float]:
   batch_sharding = sharding.batch_sharding(mesh, rules)
   logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape),
                jax.device_count(), jax.process_count())
-  tokenizer, train_iter, eval_batches = _input_pipelines(config, workdir, mesh,
-                                                         batch_sharding)
+  tokenizer, train_iter, eval_batches, bleu_pairs = _input_pipelines(
+      config, workdir, mesh, batch_sharding)
 
   # Model, optimizer, state (restored if a checkpoint exists).
   model_cfg = transformer.TransformerConfig.from_config(config.model,
@@ -215,12 +239,17 @@ def run(config, workdir: str) -> dict[str, float]:
                                lr=f"{metrics['learning_rate']:.2e}",
                                tok_s=f"{metrics['tokens_per_sec']:.0f}")
           window_start, window_step = time.perf_counter(), step
+        bleu_now = None
         if last or step % config.eval_every_steps == 0:
           last_eval = evaluate(eval_step, state.params, eval_batches, batch_sharding)
+          if bleu_pairs:
+            last_eval.update(validation_bleu(config, model_cfg, graphdef, rest,
+                                             state.params, mesh, tokenizer, bleu_pairs))
+            bleu_now = last_eval["bleu"]
           writer.write(step, "validation", last_eval)
           logging.info("Step %d validation: %s", step, last_eval)
-        if save:
-          checkpointer.save(step, state, train_iter)
+        if save:  # BLEU measured at this step ranks the checkpoint.
+          checkpointer.save(step, state, train_iter, bleu=bleu_now)
         progress.update(1)
         if stopping:
           logging.warning("Stopping at step %d after a stop request.", step)
