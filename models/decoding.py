@@ -2,7 +2,7 @@
 
 The encoder runs once per batch and every decoder layer's cross-attention keys/values
 are projected once per sentence. They are not tiled over the beam: the beams of a
-sentence become the query axis of cross-attention (`_decode_step`), so a
+sentence become the query axis of cross-attention (`MultiHeadAttention.attend`), so a
 [batch * beam] decoder attends to [batch] keys/values. Self-attention keys/values go
 into a cache preallocated for `max_decode_len` positions and written in place.
 
@@ -19,7 +19,6 @@ Search rules (`beam_search`), per sentence:
   the worst finished one (`live_score_bound`), or when nothing is live. Its state is
   then frozen, so the result does not depend on how long its batch mates run.
 """
-import functools
 from typing import NamedTuple
 
 import flax
@@ -28,8 +27,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from models.layers import update_cache
-from models.transformer import ACTIVATION, CrossKV, DecodeCache, Transformer
+from models.transformer import CrossKV, DecodeCache, Transformer
 from parallel.sharding import logical_to_spec, with_logical_constraint
 
 Array = jax.Array
@@ -91,41 +89,6 @@ def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
   return jnp.clip(limit, 1, max_decode_len).astype(jnp.int32)
 
 
-def _decode_step(model: Transformer, token: Array, step: Array, cache: DecodeCache,
-                 cross_kv: CrossKV, cross_mask: Array) -> tuple[Array, DecodeCache]:
-  """`Transformer.decode_step` for beam rows, without tiling cross-attention K/V.
-
-  token [batch * beam] (row-major: the beams of sentence 0 first); cross_kv
-  [batch, src_len, heads, head_dim]; cross_mask [batch, 1, 1, src_len]. Cross-attention
-  is per query, so reshaping the queries to [batch, beam, embed] (beams as the query
-  axis) gives the same result as tiling K/V beam times, without the copies. The
-  wiring repeats `DecoderLayer.__call__` with the layers' own submodules; the tests
-  compare it with the teacher-forced forward pass.
-  Returns float32 logits [batch * beam, vocab] and the cache with this step written.
-  """
-  rows, batch = token.shape[0], cross_mask.shape[0]
-  max_decode_len = cache.k[0].shape[1]
-  positions = jnp.full((rows, 1), step, jnp.int32)
-  y = model._embed(model._target_table, token[:, None], positions, True, None)
-  self_mask = (jnp.arange(max_decode_len) <= step)[None, None, None, :]
-  new_k, new_v = [], []
-  for i, layer in enumerate(model.decoder_layers):  # y: [rows, 1, embed]
-    out = functools.partial(layer._branch_out, deterministic=True, rngs=None)
-    h = layer._branch_in(y, layer.self_norm)
-    k, v = layer.self_attn.project_kv(h)  # [rows, 1, heads, head_dim]
-    k, v = update_cache(cache.k[i], k, step), update_cache(cache.v[i], v, step)
-    new_k.append(k)
-    new_v.append(v)
-    y = out(y, layer.self_attn.attend(h, k, v, self_mask), layer.self_norm)
-    h = layer._branch_in(y, layer.cross_norm).reshape(batch, rows // batch, -1)
-    h = layer.cross_attn.attend(h, cross_kv.k[i], cross_kv.v[i], cross_mask)
-    y = out(y, h.reshape(y.shape), layer.cross_norm)  # [rows, 1, embed]
-    y = out(y, layer.mlp(layer._branch_in(y, layer.mlp_norm)), layer.mlp_norm)
-    y = with_logical_constraint(y, ACTIVATION)
-  logits = model._logits(y)[:, 0]  # [rows, vocab]
-  return logits, DecodeCache(k=tuple(new_k), v=tuple(new_v), index=step + 1)
-
-
 def _top_k(x: Array, k: int) -> tuple[Array, Array]:
   """`lax.top_k` of x [batch, n] per sentence, run on each batch shard under a mesh.
 
@@ -169,7 +132,7 @@ def _reorder_cache(cache: DecodeCache, parent: Array) -> DecodeCache:
                      index=cache.index)
 
 
-def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, cross_mask: Array,
+def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, src_mask: Array,
           max_len: Array, alpha: Array, suppress_eos: bool) -> BeamState:
   """One decoder step for every live hypothesis, then the beam bookkeeping."""
   batch, beam = state.alive_seqs.shape[:2]
@@ -178,8 +141,8 @@ def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, cross_mask: A
   prev = lax.dynamic_index_in_dim(state.alive_seqs, jnp.maximum(t - 1, 0), axis=2,
                                   keepdims=False)  # [batch, beam]
   prev = jnp.where(t == 0, 0, prev)
-  logits, cache = _decode_step(model, prev.reshape(-1), t, state.cache, cross_kv,
-                               cross_mask)
+  logits, cache = model.decode_step(prev.reshape(-1), t, state.cache, cross_kv,
+                                    src_mask)  # [batch * beam, vocab]
   vocab = logits.shape[-1]
   logp = jax.nn.log_softmax(logits).reshape(batch, beam, vocab)
   # Pad is never emitted; its probability mass is dropped, not renormalised, so
@@ -250,7 +213,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   num_steps = max_decode_len if forced_len is None else forced_len
 
   cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, src_len, ...]
-  cross_mask = (inputs != PAD)[:, None, None, :]  # [batch, 1, 1, src_len]
+  src_mask = inputs != PAD  # [batch, src_len]
   seqs = jnp.zeros((batch, beam, max_decode_len), jnp.int32)
   # Only beam 0 is live at first: the others would repeat it.
   alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)
@@ -265,7 +228,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
     return (s.step < num_steps) & jnp.any(s.alive_logp > NEG_INF)
 
   def body(s: BeamState) -> BeamState:
-    return _step(model, s, cross_kv, cross_mask, max_len, alpha,
+    return _step(model, s, cross_kv, src_mask, max_len, alpha,
                  suppress_eos=forced_len is not None)
 
   state = lax.while_loop(cond, body, state)

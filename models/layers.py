@@ -111,8 +111,15 @@ class MultiHeadAttention(nnx.Module):
 
   def attend(self, x: Array, k: Array, v: Array, mask: Array, *,
              deterministic: bool = True, rngs=None) -> Array:
-    """x [batch, q_len, embed] attends to k, v [batch, kv_len, heads, head_dim]."""
-    q = self.query(x)  # [batch, q_len, heads, head_dim]
+    """x [batch * group, q_len, embed] attends to k, v [batch, kv_len, heads, head_dim].
+
+    group > 1 in beam search: the beams of a sentence share its cross-attention keys
+    and values, so they are stacked on the query axis instead of copying K/V.
+    """
+    rows, q_len = x.shape[:2]
+    batch = k.shape[0]
+    x = x.reshape(batch, rows // batch * q_len, x.shape[-1])  # [batch, q, embed]
+    q = self.query(x)  # [batch, q, heads, head_dim]
     q = q * q.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
                         preferred_element_type=jnp.float32)  # [batch, heads, q, kv]
@@ -120,7 +127,7 @@ class MultiHeadAttention(nnx.Module):
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic, rngs=rngs)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
-    return self.out(out)  # [batch, q_len, embed]
+    return self.out(out).reshape(rows, q_len, -1)  # [batch * group, q_len, embed]
 
   def __call__(self, x: Array, kv_input: Array, mask: Array, *,
                deterministic: bool = True, rngs=None) -> Array:

@@ -294,9 +294,11 @@ class Transformer(nnx.Module):
                   cross_kv: CrossKV, src_mask: Array) -> tuple[Array, DecodeCache]:
     """Logits for position `step_index` given the previous token.
 
-    token [batch] is the token at `step_index - 1` (0, the start token, at step 0);
-    src_mask [batch, src_len] is True at real source tokens (`inputs != 0`).
-    Returns float32 logits [batch, vocab] and the cache with this step's K/V written.
+    token [rows] is the token at `step_index - 1` (0, the start token, at step 0);
+    cross_kv and src_mask [batch, src_len] (True at real source tokens) cover `batch`
+    sentences; rows = batch * beam for beam search, the beams of sentence i being rows
+    i * beam ... i * beam + beam - 1 (they share the sentence's cross K/V, uncopied).
+    Returns float32 logits [rows, vocab] and the cache with this step's K/V written.
     """
     batch, max_decode_len = token.shape[0], cache.k[0].shape[1]
     positions = jnp.full((batch, 1), step_index, jnp.int32)
