@@ -19,11 +19,15 @@ ROWS, LENGTH = 16, 32
 RTOL, ATOL = 2e-5, 2e-6
 
 
-def _batches(prepared, n, source=None):
+def _data_iter(prepared, source=None):
   config, _, sources, tokenizer = prepared
-  it = iter(pipeline.train_dataset(source or sources["train"], tokenizer,
-                                   batch_size=ROWS, max_length=LENGTH,
-                                   seed=config.seed, shard_index=0, shard_count=1))
+  return iter(pipeline.train_dataset(source or sources["train"], tokenizer,
+                                     batch_size=ROWS, max_length=LENGTH,
+                                     seed=config.seed, shard_index=0, shard_count=1))
+
+
+def _batches(prepared, n, source=None):
+  it = _data_iter(prepared, source)
   return [next(it) for _ in range(n)]
 
 
@@ -85,18 +89,14 @@ def test_restore_onto_another_mesh_and_continue(prepared, tmp_path):
   batches = _batches(prepared, 3)
   first = Run(prepared, (4, 2, 1))
   first.train(batches[:2])
-  data_iter = iter(pipeline.train_dataset(
-      prepared[2]["train"], prepared[3], batch_size=ROWS, max_length=LENGTH, seed=0,
-      shard_index=0, shard_count=1))
+  data_iter = _data_iter(prepared)
   saver = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2)
   saver.save(2, first.state, data_iter)
   saver.close()
   expected = first.train(batches[2:])
 
   second = Run(prepared, (8, 1, 1))
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      second.state)
+  abstract = checkpoints.abstract_like(second.state)
   restored, step = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2
                                             ).restore_latest(abstract, data_iter)
   assert step == 2 and int(restored.step) == 2
@@ -108,9 +108,7 @@ def test_restore_onto_another_mesh_and_continue(prepared, tmp_path):
 
 def test_unreadable_latest_checkpoint_falls_back(prepared, tmp_path):
   run = Run(prepared, (8, 1, 1))
-  data_iter = iter(pipeline.train_dataset(
-      prepared[2]["train"], prepared[3], batch_size=ROWS, max_length=LENGTH, seed=0,
-      shard_index=0, shard_count=1))
+  data_iter = _data_iter(prepared)
   saver = checkpoints.Checkpointer(str(tmp_path), max_to_keep=3)
   saver.save(1, run.state, data_iter)
   saver.save(2, run.state, data_iter)
@@ -118,8 +116,7 @@ def test_unreadable_latest_checkpoint_falls_back(prepared, tmp_path):
   for f in (tmp_path / "checkpoints/2/params").rglob("*"):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b"garbage")
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), run.state)
+  abstract = checkpoints.abstract_like(run.state)
   restored, step = checkpoints.Checkpointer(str(tmp_path), max_to_keep=3
                                             ).restore_latest(abstract, data_iter)
   assert step == 1 and restored is not None
@@ -158,11 +155,8 @@ def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path):
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit()) == [5]
   run = Run(prepared, (8, 1, 1))
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), run.state)
-  data_iter = iter(pipeline.train_dataset(
-      prepared[2]["train"], prepared[3], batch_size=ROWS, max_length=LENGTH, seed=0,
-      shard_index=0, shard_count=1))
+  abstract = checkpoints.abstract_like(run.state)
+  data_iter = _data_iter(prepared)
   restored, step = checkpoints.Checkpointer(str(workdir), max_to_keep=2
                                             ).restore_latest(abstract, data_iter)
   assert step == 5
@@ -171,9 +165,7 @@ def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path):
 
 def test_keeps_the_last_checkpoints_and_the_best_by_bleu(prepared, tmp_path):
   run = Run(prepared, (8, 1, 1))
-  data_iter = iter(pipeline.train_dataset(
-      prepared[2]["train"], prepared[3], batch_size=ROWS, max_length=LENGTH, seed=0,
-      shard_index=0, shard_count=1))
+  data_iter = _data_iter(prepared)
   saver = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2)
   for step, bleu in ((1, 10.0), (2, 30.0), (3, 20.0), (4, None), (5, 15.0)):
     saver.save(step, run.state, data_iter, bleu=bleu)

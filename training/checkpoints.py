@@ -20,6 +20,12 @@ from training import steps
 CHECKPOINT_DIR = "checkpoints"
 
 
+def abstract_like(tree):
+  """ShapeDtypeStructs with the shapes, dtypes and shardings of `tree`'s arrays."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
 class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints plus the best by validation BLEU."""
 

@@ -199,9 +199,8 @@ def run(config, workdir: str) -> dict[str, float]:
                f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
   checkpointer = checkpoints.Checkpointer(
       str(workdir), max_to_keep=config.max_checkpoints_to_keep)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                         sharding=x.sharding), state)
-  restored, start_step = checkpointer.restore_latest(abstract, train_iter)
+  restored, start_step = checkpointer.restore_latest(
+      checkpoints.abstract_like(state), train_iter)
   if restored is not None:
     state = restored
   train_step, eval_step = compile_steps(config, graphdef, rest, tx, state_shardings,
