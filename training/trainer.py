@@ -8,12 +8,14 @@ import time
 
 from absl import logging
 from etils import epath
+import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import tqdm
 
 from data import pipeline
@@ -45,10 +47,9 @@ def write_run_info(config, workdir: epath.Path) -> None:
                             cwd=epath.Path(__file__).parent).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     commit = "unknown"
-  import flax, orbax.checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel,multiple-imports
   info = {"git_commit": commit, "argv": sys.argv, "python": sys.version.split()[0],
           "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-          "orbax": orbax.checkpoint.__version__, "devices": jax.device_count(),
+          "orbax": ocp.__version__, "devices": jax.device_count(),
           "platform": jax.devices()[0].platform, "processes": jax.process_count()}
   (workdir / "run_info.json").write_text(json.dumps(info, indent=2))
 
@@ -96,11 +97,17 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> dict[str, float]:
 
 
 class _Sigterm:
-  """Remembers a SIGTERM so the loop can checkpoint the current step and stop."""
+  """Remembers a SIGTERM so the loop can checkpoint the current step and stop.
+
+  Single-process runs only: hosts of a multi-host run would see the signal at
+  different steps, so there JAX's preemption service decides when all of them stop
+  (`Checkpointer.reached_preemption`).
+  """
 
   def __init__(self):
     self.received = False
-    signal.signal(signal.SIGTERM, self._handle)
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
