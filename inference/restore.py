@@ -82,7 +82,8 @@ def restore_params(workdir: str, mesh, *, step: int | None = None,
   are cast to; default: the training config's compute and parameter dtypes.
   """
   config = load_config(workdir)
-  directory = epath.Path(checkpoint_dir or epath.Path(workdir) / checkpoints.CHECKPOINT_DIR)
+  directory = (checkpoints.checkpoint_dir(workdir) if checkpoint_dir is None
+               else checkpoints.absolute(checkpoint_dir))
   steps = checkpoint_steps(directory)
   if not steps:
     raise FileNotFoundError(
@@ -113,7 +114,7 @@ def average_checkpoints(workdir: str, mesh, last_n: int) -> epath.Path:
   The result is a params-only checkpoint in `workdir/averaged_last<N>/<last step>/`,
   restored by `restore_params(..., checkpoint_dir=...)` like any other.
   """
-  directory = epath.Path(workdir) / checkpoints.CHECKPOINT_DIR
+  directory = checkpoints.checkpoint_dir(workdir)
   steps = checkpoint_steps(directory)[-last_n:]
   if len(steps) < last_n:
     raise ValueError(f"--average_last={last_n}, but {directory} has only {len(steps)}"
@@ -123,7 +124,7 @@ def average_checkpoints(workdir: str, mesh, last_n: int) -> epath.Path:
     params = restore_params(workdir, mesh, step=step).params
     total = params if total is None else jax.tree.map(jnp.add, total, params)
   mean = jax.tree.map(lambda x: x / len(steps), total)
-  output = epath.Path(workdir) / f"averaged_last{last_n}"
+  output = directory.parent / f"averaged_last{last_n}"
   manager = ocp.CheckpointManager(output, options=ocp.CheckpointManagerOptions(
       create=True, enable_async_checkpointing=False))
   manager.save(steps[-1], args=ocp.args.Composite(params=ocp.args.StandardSave(mean)),

@@ -9,6 +9,8 @@ Saves are asynchronous; orbax writes into a temporary folder and renames it when
 complete, so a crash mid-save leaves no half checkpoint behind, and a checkpoint
 that is there but unreadable is skipped in favour of the one before it.
 """
+import os
+
 from absl import logging
 from etils import epath
 import grain
@@ -18,6 +20,16 @@ import orbax.checkpoint as ocp
 from training import steps
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+def absolute(path) -> epath.Path:
+  """A local path made absolute (orbax rejects relative ones); gs:// paths as they are."""
+  path = str(path)
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  return absolute(workdir) / CHECKPOINT_DIR
 
 
 def abstract_like(tree):
@@ -30,7 +42,7 @@ class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints plus the best by validation BLEU."""
 
   def __init__(self, workdir: str, *, max_to_keep: int, async_save: bool = True):
-    self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+    self.directory = checkpoint_dir(workdir)
     policies = ocp.checkpoint_managers
     self.manager = ocp.CheckpointManager(
         self.directory,
