@@ -20,7 +20,7 @@ TIMEOUT = 300
 
 def _command(prepared, workdir, *overrides):
   config = prepared[0]
-  return [sys.executable, str(REPO / "train.py"), "--config=configs/smoke.py",
+  return [sys.executable, str(REPO / "train.py"), f"--config={REPO}/configs/smoke.py",
           f"--workdir={workdir}", f"--config.data.manual_dir={config.data.manual_dir}",
           f"--config.data.tfds_data_dir={config.data.tfds_data_dir}",
           "--config.eval_every_steps=1000", *overrides]
@@ -33,8 +33,8 @@ def _workdir(prepared, path):
   return path
 
 
-def _start(command, log, **env):
-  return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+def _start(command, log, cwd=REPO, **env):
+  return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                           env={**os.environ, **env})
 
 
@@ -85,9 +85,9 @@ def test_sigkill_then_restart_continues_exactly(prepared, tmp_path):
 
 def test_sigterm_saves_the_current_step_and_exits(prepared, tmp_path):
   workdir = _workdir(prepared, tmp_path / "run")
-  with open(tmp_path / "run.log", "w") as log:
-    proc = _start(_command(prepared, workdir, "--config.num_train_steps=100000",
-                           "--config.checkpoint_every_steps=100000"), log)
+  with open(tmp_path / "run.log", "w") as log:  # A relative --workdir, as in the README.
+    proc = _start(_command(prepared, "run", "--config.num_train_steps=100000",
+                           "--config.checkpoint_every_steps=100000"), log, cwd=tmp_path)
     _wait_for(lambda: len(_train_losses(workdir)) >= 3
               if (workdir / "metrics.jsonl").exists() else False, proc, "step 3")
     proc.send_signal(signal.SIGTERM)
