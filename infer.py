@@ -107,7 +107,7 @@ def _benchmark(mesh):
   else:
     raise app.UsageError("--mode=benchmark needs --config (random weights) or"
                          " --workdir (a checkpoint).")
-  params = sum(x.size for x in jax.tree.leaves(state))
+  params = sum(x.size for x in jax.tree.leaves(state.filter(nnx.Param)))
   with sharding.use_mesh(mesh):
     for result in benchmark.run(
         graphdef, state, vocab_size=model_cfg.vocab_size,
