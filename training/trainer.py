@@ -160,9 +160,10 @@ def _input_pipelines(config, workdir: epath.Path, mesh, batch_sharding):
   """(tokenizer, training iterator, list of this process's validation batches)."""
   # Process 0 prepares the data (TFDS build, tokenizer) before the others read it.
   if jax.process_index() == 0:
-    prepare.prepare(config, str(workdir))
+    sources, tokenizer = prepare.prepare(config, str(workdir))
   multihost_utils.sync_global_devices("data prepared")
-  sources, tokenizer = prepare.prepare(config, str(workdir))
+  if jax.process_index() != 0:
+    sources, tokenizer = prepare.prepare(config, str(workdir))
   data_cfg = config.data
   rows = pipeline.local_batch_size(
       config.batch_tokens, data_cfg.max_length, process_count=jax.process_count(),
