@@ -214,57 +214,70 @@ def run(config, workdir: str) -> dict[str, float]:
   train_step, eval_step = compile_steps(config, graphdef, rest, tx, state_shardings,
                                         batch_sharding)
 
-  writer = metrics_lib.MetricWriter(str(workdir))
-  sigterm = _Sigterm()
-  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,
-                       disable=jax.process_index() != 0, dynamic_ncols=True)
-  last_eval, window_start, window_step = {}, time.perf_counter(), start_step
-  try:
-    profile_steps = (config.profile_start_step,
-                     config.profile_start_step + config.profile_num_steps - 1)
-    with sharding.use_mesh(mesh, rules):
-      for step in range(start_step + 1, config.num_train_steps + 1):
-        if step == profile_steps[0] > 0:
-          jax.profiler.start_trace(str(workdir / "profile"))
-        batch = pipeline.make_global(next(train_iter), batch_sharding)
-        state, metrics = train_step(state, batch)
-        if step == profile_steps[1] and profile_steps[0] > 0:
-          jax.block_until_ready(state)
-          jax.profiler.stop_trace()
+  def evaluate_now(params) -> dict[str, float]:
+    result = evaluate(eval_step, params, eval_batches, batch_sharding)
+    if bleu_pairs:
+      result.update(validation_bleu(config, model_cfg, graphdef, rest, params, mesh,
+                                    tokenizer, bleu_pairs))
+    return result
 
-        stopping = sigterm.received or checkpointer.reached_preemption(step)
-        last = step == config.num_train_steps
-        save = last or stopping or step % config.checkpoint_every_steps == 0
-        if save or step % config.log_every_steps == 0:
-          metrics = jax.device_get(metrics)
-          _check_finite(step, metrics, checkpointer)
-          seconds = (time.perf_counter() - window_start) / (step - window_step)
-          metrics["step_time_ms"] = 1000 * seconds
-          metrics["tokens_per_sec"] = metrics["tokens"] / seconds  # Target tokens.
-          writer.write(step, "train", metrics)
-          progress.set_postfix(loss=f"{metrics['loss']:.3f}",
-                               lr=f"{metrics['learning_rate']:.2e}",
-                               tok_s=f"{metrics['tokens_per_sec']:.0f}")
-          window_start, window_step = time.perf_counter(), step
-        bleu_now = None
-        if last or step % config.eval_every_steps == 0:
-          last_eval = evaluate(eval_step, state.params, eval_batches, batch_sharding)
-          if bleu_pairs:
-            last_eval.update(validation_bleu(config, model_cfg, graphdef, rest,
-                                             state.params, mesh, tokenizer, bleu_pairs))
-            bleu_now = last_eval["bleu"]
-          writer.write(step, "validation", last_eval)
-          logging.info("Step %d validation: %s", step, last_eval)
-        if save:  # BLEU measured at this step ranks the checkpoint.
-          checkpointer.save(step, state, train_iter, bleu=bleu_now)
-        progress.update(1)
-        if stopping:
-          logging.warning("Stopping at step %d after a stop request.", step)
-          break
+  writer = metrics_lib.MetricWriter(str(workdir))
+  try:
+    with sharding.use_mesh(mesh, rules):
+      last_eval = _train_loop(config, workdir, state, start_step, train_iter,
+                              batch_sharding, train_step, evaluate_now, checkpointer,
+                              writer)
   finally:  # A pending async save completes even when training stops on an error.
-    progress.close()
     checkpointer.close()
     writer.close()
   if jax.process_index() == 0:
     metrics_lib.plot_curves(str(workdir))
+  return last_eval
+
+
+def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
+                train_step, evaluate_now, checkpointer, writer) -> dict[str, float]:
+  """Steps from `start_step` to the end (or a stop request); the last evaluation."""
+  sigterm = _Sigterm()
+  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,
+                       disable=jax.process_index() != 0, dynamic_ncols=True)
+  last_eval, window_start, window_step = {}, time.perf_counter(), start_step
+  profile_steps = (config.profile_start_step,
+                   config.profile_start_step + config.profile_num_steps - 1)
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    if step == profile_steps[0] > 0:
+      jax.profiler.start_trace(str(workdir / "profile"))
+    batch = pipeline.make_global(next(train_iter), batch_sharding)
+    state, metrics = train_step(state, batch)
+    if step == profile_steps[1] and profile_steps[0] > 0:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+
+    stopping = sigterm.received or checkpointer.reached_preemption(step)
+    last = step == config.num_train_steps
+    save = last or stopping or step % config.checkpoint_every_steps == 0
+    if save or step % config.log_every_steps == 0:
+      metrics = jax.device_get(metrics)
+      _check_finite(step, metrics, checkpointer)
+      seconds = (time.perf_counter() - window_start) / (step - window_step)
+      metrics["step_time_ms"] = 1000 * seconds
+      metrics["tokens_per_sec"] = metrics["tokens"] / seconds  # Target tokens.
+      writer.write(step, "train", metrics)
+      progress.set_postfix(loss=f"{metrics['loss']:.3f}",
+                           lr=f"{metrics['learning_rate']:.2e}",
+                           tok_s=f"{metrics['tokens_per_sec']:.0f}")
+      window_start, window_step = time.perf_counter(), step
+    bleu_now = None
+    if last or step % config.eval_every_steps == 0:
+      last_eval = evaluate_now(state.params)
+      bleu_now = last_eval.get("bleu")
+      writer.write(step, "validation", last_eval)
+      logging.info("Step %d validation: %s", step, last_eval)
+    if save:  # BLEU measured at this step ranks the checkpoint.
+      checkpointer.save(step, state, train_iter, bleu=bleu_now)
+    progress.update(1)
+    if stopping:
+      logging.warning("Stopping at step %d after a stop request.", step)
+      break
+  progress.close()
   return last_eval
