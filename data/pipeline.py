@@ -27,7 +27,7 @@ from data import tokenizer as tokenizer_lib
 FEATURES = ("inputs", "targets")
 
 
-def _text(value) -> str:
+def decode_text(value) -> str:
   """TFDS Text features arrive as bytes; invalid UTF-8 becomes U+FFFD, not an error."""
   return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
@@ -41,7 +41,7 @@ class Tokenize(grain.transforms.Map):
 
   def map(self, example):
     def ids(lang):
-      text = _text(example[lang]).strip()
+      text = decode_text(example[lang]).strip()
       if not text:  # An empty side stays empty (no eos), so filters can see it.
         return np.zeros([0], np.int32)
       return np.array(self.tokenizer.encode(text) + [tokenizer_lib.EOS_ID], np.int32)

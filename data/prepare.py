@@ -35,7 +35,7 @@ def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation"
     for i in _sample_indices(len(train), data_cfg.spm_max_sentences // 2, config.seed):
       example = train[int(i)]
       for lang in langs:
-        yield pipeline._text(example[lang])  # pylint: disable=protected-access
+        yield pipeline.decode_text(example[lang])
 
   tokenizer = tokenizer_lib.train_or_load(
       workdir, sentences, vocab_size=data_cfg.vocab_size,

@@ -10,12 +10,12 @@ from inference import translate
 
 def _pairs_from_split(workdir: str, split: str) -> tuple[list[str], list[str]]:
   from data import datasets  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from data import pipeline  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   data_cfg = restore.load_config(workdir).data
   source = datasets.load_sources(data_cfg, [split])[split]
   examples = [source[i] for i in range(len(source))]
-  text = lambda ex, lang: ex[lang].decode("utf-8", errors="replace")
-  return ([text(ex, data_cfg.source_lang) for ex in examples],
-          [text(ex, data_cfg.target_lang) for ex in examples])
+  return ([pipeline.decode_text(ex[data_cfg.source_lang]) for ex in examples],
+          [pipeline.decode_text(ex[data_cfg.target_lang]) for ex in examples])
 
 
 def evaluate(run: Callable, workdir: str, *, step: int, split: str | None,

@@ -56,21 +56,27 @@ def checkpoint_steps(directory: str) -> list[int]:
   return sorted(_manager(directory).all_steps()) if directory.exists() else []
 
 
-def model_pytrees(model_config, mesh, rules):
-  """(graphdef, abstract params carrying their shardings, concrete non-param state).
+def _make(model_config):
+  return lambda: transformer.Transformer(model_config, rngs=nnx.Rngs(0))
 
-  Nothing the size of the model is allocated: parameters stay abstract, and XLA
-  drops their initialisers from the jitted function that builds the (tiny) RNG state.
-  """
-  make = lambda: transformer.Transformer(model_config, rngs=nnx.Rngs(0))
-  graphdef, params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+
+def abstract_params(model_config, mesh, rules):
+  """(graphdef, params as ShapeDtypeStructs carrying their shardings): no allocation."""
+  graphdef, params, _ = nnx.split(nnx.eval_shape(_make(model_config)), nnx.Param, ...)
   shardings = sharding.state_sharding(params, mesh, rules)
-  params = jax.tree.map(
+  return graphdef, jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+
+
+def rng_state(model_config, mesh):
+  """The model's non-parameter state (RNG streams), replicated.
+
+  XLA drops the parameter initialisers from this jitted function: only the tiny RNG
+  state is computed.
+  """
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2],
+  return jax.jit(lambda: nnx.split(_make(model_config)(), nnx.Param, ...)[2],
                  out_shardings=replicated)()
-  return graphdef, params, rest
 
 
 def restore_params(workdir: str, mesh, *, step: int | None = None,
@@ -95,14 +101,15 @@ def restore_params(workdir: str, mesh, *, step: int | None = None,
   rules = sharding.normalize_rules(config.logical_axis_rules)
   model_config = transformer.TransformerConfig.from_config(
       config.model, load_tokenizer(workdir).vocab_size)
-  _, abstract_params, _ = model_pytrees(model_config, mesh, rules)
+  _, abstract = abstract_params(model_config, mesh, rules)
   params = _manager(directory).restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params))).params
+      params=ocp.args.StandardRestore(abstract))).params
   if dtype:  # Stored in the training dtype, served in this one.
     model_config = dataclasses.replace(model_config, dtype=dtype, param_dtype=dtype)
     params = jax.tree.map(lambda x: x.astype(dtype)
                           if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-  graphdef, _, rest = model_pytrees(model_config, mesh, rules)
+  graphdef, _ = abstract_params(model_config, mesh, rules)
+  rest = rng_state(model_config, mesh)
   logging.info("Restored the parameters of step %d from %s.", step, directory)
   return Restored(graphdef=graphdef, params=params, rest=rest,
                   model_config=model_config, step=step)

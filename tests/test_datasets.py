@@ -70,7 +70,7 @@ def test_wmt14_path_with_mock_data(smoke_config, tmp_path):
     sources = datasets.load_sources(config.data, ["train", "validation"])
     assert len(sources["train"]) == 12
     assert set(sources["train"][0]) == {"en", "fr"}
-    texts = [pipeline._text(sources["train"][i][lang])  # pylint: disable=protected-access
+    texts = [pipeline.decode_text(sources["train"][i][lang])
              for i in range(12) for lang in ("en", "fr")]
     tokenizer = tokenizer_lib.train(texts, tmp_path / "spm.model", vocab_size=300)
     batches = list(pipeline.eval_dataset(sources["validation"], tokenizer,

@@ -179,7 +179,7 @@ def _input_pipelines(config, workdir: epath.Path, mesh, batch_sharding):
   validation = sources["validation"]
   count = len(validation) if config.eval_bleu_sentences < 0 else min(
       config.eval_bleu_sentences, len(validation))
-  bleu_pairs = [tuple(pipeline._text(validation[i][lang])  # pylint: disable=protected-access
+  bleu_pairs = [tuple(pipeline.decode_text(validation[i][lang])
                       for lang in (data_cfg.source_lang, data_cfg.target_lang))
                 for i in range(count)]
   return tokenizer, train_iter, eval_batches, bleu_pairs
