@@ -17,7 +17,6 @@ from flax import nnx
 import jax
 from ml_collections import config_flags
 
-from data import tokenizer as tokenizer_lib
 from inference import benchmark
 from inference import translate
 from models import transformer
@@ -67,35 +66,22 @@ def _workdir() -> str:
   return _WORKDIR.value
 
 
-def _restore(mesh):
-  """The checkpoint's model as (graphdef, state), and its step."""
-  from inference import restore  # pylint: disable=g-import-not-at-top,import-outside-toplevel  (grain)
-  model = restore.restore_params(_workdir(), mesh, step=_STEP.value,
-                                 checkpoint_dir=_CHECKPOINT_DIR.value, dtype=_DTYPE.value)
-  return nnx.split(nnx.merge(model.graphdef, model.params, model.rest)), model
-
-
 def _translator(mesh):
-  """(run(texts, name, progress) -> output lines, checkpoint step)."""
-  (graphdef, state), model = _restore(mesh)
-  decode = translate.make_decoder(
-      graphdef, state, mesh, beam_size=_BEAM.value, alpha=_ALPHA.value,
+  """(run(texts, name, progress) -> output lines, checkpoint step) from the flags."""
+  return translate.make_translator(
+      _workdir(), mesh, step=_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value,
+      dtype=_DTYPE.value, beam_size=_BEAM.value, alpha=_ALPHA.value,
       max_len_a=_MAX_LEN_A.value, max_len_b=_MAX_LEN_B.value, nbest=_NBEST.value,
-      max_len=model.model_config.max_len)
-  tokenizer = tokenizer_lib.Tokenizer.load(
-      epath.Path(_workdir()) / tokenizer_lib.MODEL_FILENAME)
-
-  def run(texts, name, progress):
-    return translate.translate(texts, tokenizer, decode,
-                               max_len=model.model_config.max_len,
-                               batch_tokens=_BATCH_TOKENS.value, nbest=_NBEST.value,
-                               name=name, progress=progress)
-  return run, model.step
+      batch_tokens=_BATCH_TOKENS.value)
 
 
 def _benchmark(mesh):
   if _WORKDIR.value:
-    (graphdef, state), model = _restore(mesh)
+    from inference import restore  # pylint: disable=g-import-not-at-top,import-outside-toplevel  (grain)
+    model = restore.restore_params(_workdir(), mesh, step=_STEP.value,
+                                   checkpoint_dir=_CHECKPOINT_DIR.value,
+                                   dtype=_DTYPE.value)
+    graphdef, state = nnx.split(nnx.merge(model.graphdef, model.params, model.rest))
     model_cfg = model.model_config
   elif _CONFIG.value is not None:
     model_cfg = transformer.TransformerConfig.from_config(_CONFIG.value.model,

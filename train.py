@@ -1,5 +1,8 @@
 """Trains an En->Fr Transformer: `python train.py --config=configs/default.py --workdir=DIR`.
 
+After the last step, the last `average_last_checkpoints` checkpoints are averaged and
+scored on `final_eval_splits` (WORKDIR/results.json): one command is the whole recipe.
+
 Run the same command on every host of a multi-host slice. On TPU and SLURM-style
 clusters the hosts find each other by themselves; elsewhere pass
 --coordinator_address, --num_processes and --process_id.
@@ -28,8 +31,17 @@ def main(argv):
   mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                               _PROCESS_ID.value)
   from training import trainer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  result = trainer.run(_CONFIG.value, _WORKDIR.value)
+  config = _CONFIG.value
+  result = trainer.run(config, _WORKDIR.value)
   print(json.dumps({"final_validation": result}))
+  if config.final_eval_splits and result["step"] == config.num_train_steps:
+    # The recipe's end: average the last checkpoints and score them (results.json).
+    from inference import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    for scores in evaluate.evaluate_run(
+        _WORKDIR.value, mesh.create_mesh((-1, 1, 1)), splits=config.final_eval_splits,
+        average_last=config.average_last_checkpoints,
+        beam_size=config.eval_beam_size, alpha=config.eval_alpha):
+      print(json.dumps(scores))
 
 
 if __name__ == "__main__":

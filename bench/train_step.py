@@ -1,6 +1,6 @@
 """Train-step benchmark on synthetic batches: step time, tokens/s and model-FLOP use.
 
-  python bench/train_step.py --config=configs/transformer_base.py --batch_size=8
+  python -m bench.train_step --config=configs/transformer_base.py --batch_size=8
 
 Prints one JSON line per config. Model-FLOP utilisation (MFU) counts 6 x parameters x
 tokens per step (tokens = batch_size x length, each a source and a target position),

@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_alpha = 0.6  # Length penalty for validation BLEU.
   config.checkpoint_every_steps = 200  # Asynchronous orbax saves.
   config.max_checkpoints_to_keep = 5  # Older ones are deleted, except the best by BLEU.
+  # After the last step: average this many last checkpoints (1: the last as it is)...
+  config.average_last_checkpoints = 5
+  # ...and score the average on these splits, beam eval_beam_size (WORKDIR/results.json).
+  config.final_eval_splits = ("validation", "test_2016_flickr")
   config.profile_start_step = -1  # Step at which a jax.profiler trace starts (-1: off).
   config.profile_num_steps = 5  # Steps in the trace, written to WORKDIR/profile.
   config.inject_nan_at_step = -1  # Test hook: make this step's loss NaN (-1: off).

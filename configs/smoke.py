@@ -12,6 +12,7 @@ def get_config():
   config.eval_every_steps = 10
   config.checkpoint_every_steps = 5
   config.eval_bleu_sentences = 0  # Tests that need BLEU turn it on.
+  config.final_eval_splits = ()  # No averaging and scoring after training, likewise.
   config.data.vocab_size = 1000  # Small vocabulary.
   config.data.spm_max_sentences = 10_000  # SentencePiece trains in a few seconds.
   config.data.max_length = 32  # Short rows.

@@ -9,6 +9,7 @@ def get_config():
   config.data.vocab_size = 32000  # Shared En+Fr vocabulary.
   config.data.max_length = 128  # Packed row length.
   config.data.eval_max_length = 256  # newstest sentences are longer than captions.
+  config.final_eval_splits = ("validation", "test")  # newstest2013, newstest2014.
   config.batch_tokens = 256 * 128  # 256 rows of 128 tokens per side.
   config.num_train_steps = 300_000
   config.learning_rate = 7e-4

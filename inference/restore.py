@@ -134,6 +134,8 @@ def average_checkpoints(workdir: str, mesh, last_n: int) -> epath.Path:
   output = directory.parent / f"averaged_last{last_n}"
   manager = ocp.CheckpointManager(output, options=ocp.CheckpointManagerOptions(
       create=True, enable_async_checkpointing=False))
+  if steps[-1] in manager.all_steps():  # Averaged before: the same name, rewritten.
+    manager.delete(steps[-1])
   manager.save(steps[-1], args=ocp.args.Composite(params=ocp.args.StandardSave(mean)),
                force=True)
   manager.close()

@@ -12,6 +12,7 @@ import itertools
 import math
 import sys
 
+from flax import nnx
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -132,3 +133,30 @@ def make_decoder(graphdef, state, mesh, *, beam_size: int, alpha: float,
     return (multihost_utils.process_allgather(out.tokens, tiled=True),
             multihost_utils.process_allgather(out.scores, tiled=True))
   return decode
+
+
+def make_translator(workdir: str, mesh, *, step: int | None = None,
+                    checkpoint_dir: str | None = None, dtype: str | None = None,
+                    beam_size: int = 4, alpha: float = 0.6, max_len_a: float = 1.5,
+                    max_len_b: float = 10.0, nbest: int = 1, batch_tokens: int = 4096
+                    ) -> tuple[Callable[[Sequence[str], str, bool], list[str]], int]:
+  """(run(texts, name, progress) -> output lines, checkpoint step) for a workdir.
+
+  Restores the parameters of `step` (default: the latest) from WORKDIR/checkpoints or
+  `checkpoint_dir` (e.g. averaged ones), cast to `dtype`, and loads WORKDIR/spm.model.
+  """
+  from inference import restore  # pylint: disable=g-import-not-at-top,import-outside-toplevel  (grain)
+  model = restore.restore_params(workdir, mesh, step=step,
+                                 checkpoint_dir=checkpoint_dir, dtype=dtype)
+  graphdef, state = nnx.split(nnx.merge(model.graphdef, model.params, model.rest))
+  max_len = model.model_config.max_len
+  decode = make_decoder(graphdef, state, mesh, beam_size=beam_size, alpha=alpha,
+                        max_len_a=max_len_a, max_len_b=max_len_b, nbest=nbest,
+                        max_len=max_len)
+  tokenizer = restore.load_tokenizer(workdir)
+
+  def run(texts: Sequence[str], name: str, progress: bool) -> list[str]:
+    return translate(texts, tokenizer, decode, max_len=max_len,
+                     batch_tokens=batch_tokens, nbest=nbest, name=name,
+                     progress=progress)
+  return run, model.step

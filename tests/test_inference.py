@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from inference import bleu
+from inference import evaluate
 from inference import restore
 from inference import translate
 from parallel import mesh as mesh_lib
@@ -49,6 +50,20 @@ def test_averaging_two_checkpoints_is_the_elementwise_mean(trained_workdir, tmp_
   for avg, a, b in zip(_leaves(averaged.params), _leaves(step2), _leaves(step4)):
     np.testing.assert_allclose(avg, (a + b) / 2, rtol=1e-6, atol=1e-7)
   assert any(not np.array_equal(a, b) for a, b in zip(_leaves(step2), _leaves(step4)))
+
+
+def test_recipe_end_averages_what_there_is_and_scores_again(trained_workdir, tmp_path):
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained_workdir, workdir)
+  mesh = mesh_lib.create_mesh((-1, 1, 1))
+  for _ in range(2):  # A rerun rewrites the averaged checkpoint and the scores.
+    [result] = evaluate.evaluate_run(str(workdir), mesh, splits=["validation"],
+                                     average_last=3, beam_size=1, alpha=0.6)
+  assert result["averaged_checkpoints"] == 2  # Only checkpoints 2 and 4 exist.
+  assert json.loads((workdir / "results.json").read_text()) == [result]
+  hypotheses = pathlib.Path(result["hypotheses"]).read_text().split("\n")
+  assert len(hypotheses) - 1 == result["sentences"] == 1014
+  assert restore.checkpoint_steps(str(workdir / "averaged_last2")) == [4]
 
 
 def test_missing_checkpoint_names_the_workdir(tmp_path):

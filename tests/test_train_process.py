@@ -66,7 +66,14 @@ def _wait_for(condition, proc, what):
 def test_sigkill_then_restart_continues_exactly(prepared, tmp_path):
   steps = ("--config.num_train_steps=8", "--config.checkpoint_every_steps=5")
   straight = _workdir(prepared, tmp_path / "straight")
-  _run(_command(prepared, straight, *steps), tmp_path / "straight.log")
+  _run(_command(prepared, straight, *steps, "--config.final_eval_splits=('validation',)",
+                "--config.average_last_checkpoints=2", "--config.eval_beam_size=1"),
+       tmp_path / "straight.log")
+  # The recipe's end: checkpoints 5 and 8 averaged and scored on validation.
+  [result] = json.loads((straight / "results.json").read_text())
+  assert (result["data"], result["step"], result["averaged_checkpoints"]) == (
+      "validation", 8, 2)
+  assert (straight / "averaged_last2" / "8").is_dir()
 
   killed = _workdir(prepared, tmp_path / "killed")
   with open(tmp_path / "killed.log", "w") as log:

@@ -186,7 +186,10 @@ def _input_pipelines(config, workdir: epath.Path, mesh, batch_sharding):
 
 
 def run(config, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if any."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+
+  Returns the last step reached (`step`) and the last validation metrics.
+  """
   workdir = epath.Path(workdir)
   write_run_info(config, workdir)
   mesh = mesh_lib.create_mesh(config.mesh_shape)
@@ -242,6 +245,7 @@ def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,
                        disable=jax.process_index() != 0, dynamic_ncols=True)
   last_eval, window_start, window_step = {}, time.perf_counter(), start_step
+  step = start_step
   profile_steps = (config.profile_start_step,
                    config.profile_start_step + config.profile_num_steps - 1)
   for step in range(start_step + 1, config.num_train_steps + 1):
@@ -280,4 +284,4 @@ def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
       logging.warning("Stopping at step %d after a stop request.", step)
       break
   progress.close()
-  return last_eval
+  return {"step": step, **last_eval}
