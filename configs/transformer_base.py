@@ -16,6 +16,7 @@ def get_config():
   config.warmup_steps = 4000
   config.eval_every_steps = 5000
   config.checkpoint_every_steps = 5000
+  config.max_checkpoints_to_keep = 5  # Averaged at the end: the last 25k steps.
   config.log_every_steps = 100
   config.model.emb_dim = 512
   config.model.num_heads = 8
