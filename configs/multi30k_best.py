@@ -11,5 +11,5 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.num_train_steps = 2000  # ~2.6 s each on a 2-core CPU.
+  config.num_train_steps = 1500  # 400 more than default.py; ~2.6 s each on a 2-core CPU.
   return config
