@@ -126,10 +126,13 @@ def average_checkpoints(workdir: str, mesh, last_n: int) -> epath.Path:
   if len(steps) < last_n:
     raise ValueError(f"--average_last={last_n}, but {directory} has only {len(steps)}"
                      f" checkpoints ({steps}). Lower it or train longer.")
-  total = None
-  for step in steps:
-    params = restore_params(workdir, mesh, step=step).params
-    total = params if total is None else jax.tree.map(jnp.add, total, params)
+  # The first restore builds the model's shapes; the others only read parameters.
+  total = restore_params(workdir, mesh, step=steps[0]).params
+  abstract, manager = checkpoints.abstract_like(total), _manager(directory)
+  for step in steps[1:]:
+    params = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract))).params
+    total = jax.tree.map(jnp.add, total, params)
   mean = jax.tree.map(lambda x: x / len(steps), total)
   output = directory.parent / f"averaged_last{last_n}"
   manager = ocp.CheckpointManager(output, options=ocp.CheckpointManagerOptions(
