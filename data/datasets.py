@@ -2,6 +2,7 @@
 
 Every source yields examples `{'en': bytes, 'fr': bytes}` by random access, which is
 what grain needs for deterministic shuffling, sharding and checkpointable iterators.
+This module does not import grain: inference reads text through it without grain.
 """
 from collections.abc import Sequence
 import os
@@ -58,3 +59,36 @@ def split_sizes(data_cfg) -> dict[str, int]:
   builder = tfds.builder(name, data_dir=data_cfg.tfds_data_dir or None,
                          file_format="array_record")
   return {s: info.num_examples for s, info in builder.info.splits.items()}
+
+
+def read_examples(source, indices: Sequence[int]) -> list[dict]:
+  """[source[i] for i in indices], in one batched read where the source has one.
+
+  A TFDS array_record source reads a batch about 3x faster than record by record.
+  """
+  indices = [int(i) for i in indices]
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(indices))
+  return [source[i] for i in indices]
+
+
+def decode_text(value) -> str:
+  """TFDS Text features arrive as bytes; invalid UTF-8 becomes U+FFFD, not an error."""
+  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def text_pairs(source, source_lang: str, target_lang: str,
+               limit: int | None = None) -> tuple[list[str], list[str]]:
+  """(sources, references): the texts of the first `limit` examples of `source`.
+
+  Used to translate and score a split (validation BLEU, evaluation).
+
+  Args:
+    source: random-access sequence of {lang: bytes or str}, e.g. a TFDS data source.
+    source_lang, target_lang: the example keys to read, e.g. 'en' and 'fr'.
+    limit: how many examples; None or negative for all of them.
+  """
+  count = len(source) if limit is None or limit < 0 else min(limit, len(source))
+  examples = read_examples(source, range(count))
+  return ([decode_text(ex[source_lang]) for ex in examples],
+          [decode_text(ex[target_lang]) for ex in examples])

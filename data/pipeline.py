@@ -10,7 +10,7 @@ sees each packed sentence on its own through `*_segment_ids` (attention masks) a
 `*_positions` (position embeddings restart at 0).
 
 A batch is a dict of int32 arrays, each [rows, max_length]:
-  inputs, targets                          token ids, 0 = padding
+  inputs, targets                          token ids, PAD_ID (0) = padding
   inputs_segment_ids, targets_segment_ids  1, 2, ... per packed pair, 0 = padding
   inputs_positions, targets_positions      position within its own sentence
 """
@@ -22,14 +22,10 @@ import grain
 import jax
 import numpy as np
 
+from data import datasets
 from data import tokenizer as tokenizer_lib
 
 FEATURES = ("inputs", "targets")
-
-
-def decode_text(value) -> str:
-  """TFDS Text features arrive as bytes; invalid UTF-8 becomes U+FFFD, not an error."""
-  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +37,7 @@ class Tokenize(grain.transforms.Map):
 
   def map(self, example):
     def ids(lang):
-      text = decode_text(example[lang]).strip()
+      text = datasets.decode_text(example[lang]).strip()
       if not text:  # An empty side stays empty (no eos), so filters can see it.
         return np.zeros([0], np.int32)
       return np.array(self.tokenizer.encode(text) + [tokenizer_lib.EOS_ID], np.int32)
@@ -77,10 +73,14 @@ def _pack_and_batch(ds: grain.IterDataset, *, batch_size: int, max_length: int,
   lengths = {f: max_length for f in FEATURES}
   ds = grain.experimental.FirstFitPackIterDataset(
       ds, length_struct=lengths, num_packing_bins=batch_size, seed=seed,
-      shuffle_bins=shuffle_bins)
+      shuffle_bins=shuffle_bins,
+      padding_struct={f: tokenizer_lib.PAD_ID for f in FEATURES})
   if drop_remainder:
     return ds.batch(batch_size, drop_remainder=True)
   # The last batch is padded with all-zero rows (segment id 0: masked everywhere).
+  # batch_and_pad has one pad value for every feature, segment ids included, so
+  # its 0 is a pad token only while PAD_ID is 0.
+  assert tokenizer_lib.PAD_ID == 0, "batch_and_pad pads token ids with 0"
   return ds.batch(batch_size, batch_fn=functools.partial(
       grain.experimental.batch_and_pad, batch_size=batch_size))
 

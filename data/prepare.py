@@ -2,6 +2,8 @@
 from collections.abc import Sequence
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from data import datasets
@@ -35,7 +37,7 @@ def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation"
     for i in _sample_indices(len(train), data_cfg.spm_max_sentences // 2, config.seed):
       example = train[int(i)]
       for lang in langs:
-        yield pipeline.decode_text(example[lang])
+        yield datasets.decode_text(example[lang])
 
   tokenizer = tokenizer_lib.train_or_load(
       workdir, sentences, vocab_size=data_cfg.vocab_size,
@@ -44,11 +46,30 @@ def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation"
   return sources, tokenizer
 
 
+def prepare_on_all_processes(
+    config, workdir: str) -> tuple[dict, tokenizer_lib.Tokenizer]:
+  """`prepare` on every process of a run: process 0 first, then the others.
+
+  Process 0 alone builds the TFDS dataset and trains the tokenizer, so processes
+  sharing a file system never write them at once; the others then only read them.
+  Process 0 also logs the training split's statistics, including how many pairs
+  training drops as empty or longer than `config.data.max_length`.
+  """
+  if jax.process_index() == 0:
+    sources, tokenizer = prepare(config, workdir)
+    stats = corpus_stats(sources["train"], tokenizer, config.data, seed=config.seed)
+    logging.info("Training data: %s", stats)
+  multihost_utils.sync_global_devices("data prepared")
+  if jax.process_index() != 0:
+    sources, tokenizer = prepare(config, workdir)
+  return sources, tokenizer
+
+
 def corpus_stats(source, tokenizer, data_cfg, seed: int = 0) -> dict:
   """Token statistics of a split: lengths, pairs the training filter drops, byte pieces."""
   tokenize = pipeline.Tokenize(tokenizer, data_cfg.source_lang, data_cfg.target_lang)
   indices = _sample_indices(len(source), _STATS_SAMPLE, seed)
-  examples = [tokenize.map(source[int(i)]) for i in indices]
+  examples = [tokenize.map(e) for e in datasets.read_examples(source, indices)]
   is_byte_piece = tokenizer.byte_piece_mask()
   stats = {"pairs": len(source), "sampled": len(indices)}
   for feature in pipeline.FEATURES:

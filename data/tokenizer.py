@@ -30,8 +30,9 @@ class Tokenizer:
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     if (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id()) != (
         PAD_ID, EOS_ID, UNK_ID):
-      raise ValueError("SentencePiece model must have pad=0, eos=1, unk=2; it has "
-                       f"{self._sp.pad_id()}, {self._sp.eos_id()}, {self._sp.unk_id()}.")
+      raise ValueError(
+          f"SentencePiece model must have pad={PAD_ID}, eos={EOS_ID}, unk={UNK_ID};"
+          f" it has {self._sp.pad_id()}, {self._sp.eos_id()}, {self._sp.unk_id()}.")
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Tokenizer":

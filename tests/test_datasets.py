@@ -1,4 +1,4 @@
-"""The Multi30k TFDS builder on the real files, its errors, the WMT14 path, no TensorFlow."""
+"""The Multi30k TFDS builder on the real files, its errors, WMT14, text pairs, no TF."""
 import gzip
 import pathlib
 import subprocess
@@ -26,6 +26,31 @@ def test_split_sizes_and_first_pair(prepared, multi30k_dir):
     first = sources[split][0]
     assert first["en"].decode() == _first_line(multi30k_dir / f"{stem}.en.gz")
     assert first["fr"].decode() == _first_line(multi30k_dir / f"{stem}.fr.gz")
+
+
+def test_text_pairs_decodes_the_first_limit_examples():
+  source = [{"en": b"A dog.", "fr": b"Un chien."},
+            {"en": "A cat.", "fr": "Un chat."},  # Text already decoded stays as it is.
+            {"en": b"Bad \xff byte.", "fr": b"Caf\xc3\xa9."}]
+  all_pairs = (["A dog.", "A cat.", "Bad \ufffd byte."],
+               ["Un chien.", "Un chat.", "Café."])
+  assert datasets.text_pairs(source, "en", "fr") == all_pairs
+  assert datasets.text_pairs(source, "en", "fr", limit=-1) == all_pairs
+  assert datasets.text_pairs(source, "en", "fr", limit=10) == all_pairs
+  assert datasets.text_pairs(source, "en", "fr", limit=2) == (
+      ["A dog.", "A cat."], ["Un chien.", "Un chat."])
+  assert datasets.text_pairs(source, "fr", "en", limit=1) == (["Un chien."], ["A dog."])
+  assert datasets.text_pairs(source, "en", "fr", limit=0) == ([], [])
+
+
+def test_text_pairs_of_a_tfds_source(prepared, multi30k_dir):
+  _, _, sources, _ = prepared
+  en, fr = datasets.text_pairs(sources["validation"], "en", "fr", limit=3)
+  assert len(en) == len(fr) == 3
+  assert en[0] == _first_line(multi30k_dir / "val.en.gz")
+  assert fr[0] == _first_line(multi30k_dir / "val.fr.gz")
+  assert datasets.read_examples(sources["validation"], [2, 0]) == [
+      sources["validation"][2], sources["validation"][0]]
 
 
 def test_missing_split_error_says_how_to_fix(prepared):
@@ -70,7 +95,7 @@ def test_wmt14_path_with_mock_data(smoke_config, tmp_path):
     sources = datasets.load_sources(config.data, ["train", "validation"])
     assert len(sources["train"]) == 12
     assert set(sources["train"][0]) == {"en", "fr"}
-    texts = [pipeline.decode_text(sources["train"][i][lang])
+    texts = [datasets.decode_text(sources["train"][i][lang])
              for i in range(12) for lang in ("en", "fr")]
     tokenizer = tokenizer_lib.train(texts, tmp_path / "spm.model", vocab_size=300)
     batches = list(pipeline.eval_dataset(sources["validation"], tokenizer,

@@ -1,11 +1,17 @@
-"""grain pipeline: nothing lost or duplicated, disjoint shards, exact resume, fixed shapes."""
+"""grain pipeline: nothing lost or duplicated, disjoint shards, exact resume, fixed shapes.
+
+Also the statistics of what the training filter drops (data/prepare.py).
+"""
 import collections
+import logging
 
 import jax
 import numpy as np
 import pytest
 
 from data import pipeline
+from data import prepare
+from data import tokenizer as tokenizer_lib
 
 ROWS, LENGTH = 8, 32
 
@@ -145,3 +151,43 @@ def test_batches_land_on_the_mesh_as_global_arrays(prepared):
     assert isinstance(v, jax.Array) and v.shape == (ROWS, LENGTH)
     assert v.sharding.shard_shape(v.shape) == (ROWS // 8, LENGTH)
     np.testing.assert_array_equal(np.asarray(v), local[k])
+
+
+def test_corpus_stats_counts_the_pairs_training_drops(prepared, caplog):
+  config, _, _, tokenizer = prepared
+  source = [{"en": b"A dog runs.", "fr": b"Un chien court."},
+            {"en": b"   ", "fr": b"Vide."},  # Blank: an empty side.
+            {"en": b"dog " * 100, "fr": b"Long."},  # Over max_length tokens.
+            {"en": b"A cat.", "fr": b"Un chat."}]
+  with caplog.at_level(logging.WARNING):
+    stats = prepare.corpus_stats(source, tokenizer, config.data)
+  assert stats["pairs"] == stats["sampled"] == 4
+  assert stats["empty_pairs"] == 1 and stats["too_long_pairs"] == 1
+  assert "skips 1 empty pairs and 1 pairs longer" in caplog.text
+  tokenize = pipeline.Tokenize(tokenizer)
+  kept = [pipeline.keep_for_training(tokenize.map(e), config.data.max_length)
+          for e in source]
+  assert kept == [True, False, False, True]  # The same pairs the filter drops.
+  assert stats["inputs"]["max_tokens"] > config.data.max_length
+
+
+def test_prepare_on_all_processes_logs_training_stats(prepared, caplog):
+  config, workdir, _, tokenizer = prepared
+  with caplog.at_level(logging.INFO):
+    sources, again = prepare.prepare_on_all_processes(config, str(workdir))
+  assert len(sources["train"]) == 29000 and len(sources["validation"]) == 1014
+  assert again.encode("Un chien.") == tokenizer.encode("Un chien.")
+  assert "Training data: {'pairs': 29000" in caplog.text
+
+
+def test_padding_is_the_pad_id(prepared):
+  """The padded last eval batch holds PAD_ID wherever the segment id is 0."""
+  _, _, sources, tokenizer = prepared
+  batches = list(pipeline.eval_dataset([sources["validation"][0]], tokenizer,
+                                       batch_size=ROWS, max_length=LENGTH,
+                                       shard_index=0, shard_count=1))
+  (batch,) = batches
+  assert (batch["inputs_segment_ids"][1:] == 0).all()  # Rows added by batch_and_pad.
+  for f in pipeline.FEATURES:
+    pad = batch[f + "_segment_ids"] == 0
+    assert pad.any() and (batch[f][pad] == tokenizer_lib.PAD_ID).all()
