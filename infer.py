@@ -13,15 +13,20 @@ import sys
 from absl import app
 from absl import flags
 from etils import epath
-from flax import nnx
 import jax
 from ml_collections import config_flags
 
-from inference import benchmark
+from bench import decode as decode_bench
+from data import tokenizer as tokenizer_lib
+from inference import evaluate
+from inference import restore
 from inference import translate
+from inference.translator import Translator
 from models import transformer
 from parallel import mesh as mesh_lib
 from parallel import sharding
+from parallel.sharding import Partitioner
+from storage import layout
 
 _MODE = flags.DEFINE_enum("mode", "translate",
                           ["translate", "evaluate", "benchmark", "average"],
@@ -41,10 +46,16 @@ _REFERENCE = flags.DEFINE_string("reference", None, "Reference file for --mode=e
                                  " with --input.")
 _SPLIT = flags.DEFINE_string("split", None, "TFDS split for --mode=evaluate, e.g."
                              " validation or test_2016_flickr.")
-_BEAM = flags.DEFINE_integer("beam_size", 4, "Beam width; 1 is greedy.")
-_ALPHA = flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent.")
-_MAX_LEN_A = flags.DEFINE_float("max_len_a", 1.5, "Output limit a * source_len + b.")
-_MAX_LEN_B = flags.DEFINE_float("max_len_b", 10.0, "Output limit a * source_len + b.")
+# Decode settings: defaults from the run's config.decode with --workdir, else these.
+_DEFAULTS = translate.DecodeSettings()
+_BEAM = flags.DEFINE_integer("beam_size", _DEFAULTS.beam_size, "Beam width; 1 is"
+                             " greedy. Default: the run's config.decode.")
+_ALPHA = flags.DEFINE_float("alpha", _DEFAULTS.alpha, "GNMT length penalty exponent."
+                            " Default: the run's config.decode.")
+_MAX_LEN_A = flags.DEFINE_float("max_len_a", _DEFAULTS.max_len_a, "Output limit"
+                                " a * source_len + b. Default: the run's config.decode.")
+_MAX_LEN_B = flags.DEFINE_float("max_len_b", _DEFAULTS.max_len_b, "Output limit"
+                                " a * source_len + b. Default: the run's config.decode.")
 _NBEST = flags.DEFINE_integer("nbest", 1, "Hypotheses per line; > 1 writes"
                               " hyp<TAB>score pairs on the line.")
 _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.")
@@ -66,45 +77,59 @@ def _workdir() -> str:
   return _WORKDIR.value
 
 
-def _translator(mesh):
-  """(run(texts, name, progress) -> output lines, checkpoint step) from the flags."""
-  return translate.make_translator(
-      _workdir(), mesh, step=_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value,
-      dtype=_DTYPE.value, beam_size=_BEAM.value, alpha=_ALPHA.value,
-      max_len_a=_MAX_LEN_A.value, max_len_b=_MAX_LEN_B.value, nbest=_NBEST.value,
-      batch_tokens=_BATCH_TOKENS.value)
+def _settings(config=None) -> translate.DecodeSettings:
+  """The run's config.decode (or the defaults), with the flags given overriding it."""
+  settings = translate.DecodeSettings.from_config(
+      None if config is None else config.get("decode"))
+  given = {field: flag.value for field, flag in (
+      ("beam_size", _BEAM), ("alpha", _ALPHA), ("max_len_a", _MAX_LEN_A),
+      ("max_len_b", _MAX_LEN_B)) if flags.FLAGS[flag.name].present}
+  return dataclasses.replace(settings, **given)
 
 
-def _benchmark(mesh):
+def _partitioner(config=None) -> Partitioner:
+  """All local devices on the batch axis, with the run's logical-axis rules."""
+  rules = sharding.DEFAULT_RULES if config is None else config.logical_axis_rules
+  return Partitioner(mesh_lib.create_mesh((-1, 1, 1)), rules)
+
+
+def _translator() -> Translator:
+  config = layout.read_config(_workdir())
+  return Translator.from_workdir(
+      _workdir(), _partitioner(config), step=_STEP.value,
+      checkpoint_dir=_CHECKPOINT_DIR.value, dtype=_DTYPE.value,
+      settings=_settings(config), nbest=_NBEST.value, batch_tokens=_BATCH_TOKENS.value)
+
+
+def _benchmark():
   if _WORKDIR.value:
-    from inference import restore  # pylint: disable=g-import-not-at-top,import-outside-toplevel  (grain)
-    model = restore.restore_params(_workdir(), mesh, step=_STEP.value,
+    config = layout.read_config(_workdir())
+    partitioner = _partitioner(config)
+    model = restore.restore_params(_workdir(), partitioner, step=_STEP.value,
                                    checkpoint_dir=_CHECKPOINT_DIR.value,
                                    dtype=_DTYPE.value)
-    graphdef, state = nnx.split(nnx.merge(model.graphdef, model.params, model.rest))
-    model_cfg = model.model_config
+    graphdef, params, model_cfg = model.graphdef, model.params, model.model_config
   elif _CONFIG.value is not None:
-    model_cfg = transformer.TransformerConfig.from_config(_CONFIG.value.model,
-                                                          _VOCAB.value)
-    if _DTYPE.value:
-      model_cfg = dataclasses.replace(model_cfg, dtype=_DTYPE.value,
-                                      param_dtype=_DTYPE.value)
-    graphdef, state = benchmark.random_model(model_cfg)
+    config = _CONFIG.value
+    partitioner = _partitioner(config)
+    model_cfg = transformer.TransformerConfig.from_config(
+        config.model, vocab_size=_VOCAB.value,
+        pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
+    graphdef, params = partitioner.init_params(model_cfg.make_model())
   else:
     raise app.UsageError("--mode=benchmark needs --config (random weights) or"
                          " --workdir (a checkpoint).")
-  params = sum(x.size for x in jax.tree.leaves(state.filter(nnx.Param)))
-  with sharding.use_mesh(mesh):
-    for result in benchmark.run(
-        graphdef, state, vocab_size=model_cfg.vocab_size,
-        batch_sizes=[int(b) for b in _BATCH_SIZES.value], src_len=_SRC_LEN.value,
-        forced_len=_FORCED_LEN.value or None, beam_size=_BEAM.value,
-        alpha=_ALPHA.value, max_decode_len=max(_FORCED_LEN.value, 2 * _SRC_LEN.value),
-        repeats=_REPEATS.value, input_sharding=sharding.batch_sharding(mesh)):
-      print(json.dumps({**result, "parameters": params, "dtype": model_cfg.dtype,
-                        "device": jax.devices()[0].device_kind,
-                        "num_devices": jax.device_count(), "jax": jax.__version__}),
-            flush=True)
+  settings = _settings(config)
+  for result in decode_bench.run(
+      graphdef, params, partitioner, vocab_size=model_cfg.vocab_size,
+      batch_sizes=[int(b) for b in _BATCH_SIZES.value], src_len=_SRC_LEN.value,
+      forced_len=_FORCED_LEN.value or None, beam_size=settings.beam_size,
+      alpha=settings.alpha, max_decode_len=max(_FORCED_LEN.value, 2 * _SRC_LEN.value),
+      repeats=_REPEATS.value):
+    print(json.dumps({**result, "parameters": transformer.count_params(params),
+                      "dtype": model_cfg.dtype, "device": jax.devices()[0].device_kind,
+                      "num_devices": jax.device_count(), "jax": jax.__version__}),
+          flush=True)
 
 
 def _write(lines, path):
@@ -115,29 +140,42 @@ def _write(lines, path):
     epath.Path(path).write_text(text)
 
 
+def _evaluate():
+  translator = _translator()
+  if _SPLIT.value:
+    name, (sources, references) = _SPLIT.value, evaluate.read_split(_workdir(),
+                                                                      _SPLIT.value)
+  elif _INPUT.value != "-" and _REFERENCE.value:
+    name = epath.Path(_INPUT.value).name
+    sources, references = evaluate.read_file_pair(_INPUT.value, _REFERENCE.value)
+  else:
+    raise app.UsageError("--mode=evaluate needs --split, or --input and --reference"
+                         " files.")
+  output = (epath.Path(_workdir()) / "hypotheses" / f"{name}.step{translator.step}.txt"
+            if _OUTPUT.value == "-" else epath.Path(_OUTPUT.value))
+  result = evaluate.evaluate(translator, name, sources, references, output,
+                             nbest=_NBEST.value)
+  print(json.dumps({**result, **dataclasses.asdict(translator.decoder.settings)}))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  mesh = mesh_lib.create_mesh((-1, 1, 1))
   if _MODE.value == "benchmark":
-    _benchmark(mesh)
+    _benchmark()
   elif _MODE.value == "average":
-    from inference import restore  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-    print(restore.average_checkpoints(_workdir(), mesh, _AVERAGE_LAST.value))
+    config = layout.read_config(_workdir())
+    print(restore.average_checkpoints(_workdir(), _partitioner(config),
+                                      _AVERAGE_LAST.value))
   elif _MODE.value == "translate":
     name = "<stdin>" if _INPUT.value == "-" else _INPUT.value
     data = (sys.stdin.buffer.read() if _INPUT.value == "-"
             else epath.Path(_INPUT.value).read_bytes())
-    run, _ = _translator(mesh)
-    _write(run(translate.read_lines(data, name), name, _INPUT.value != "-"),
-           _OUTPUT.value)
+    translations = _translator().translate(translate.read_lines(data, name), name=name,
+                                           progress=_INPUT.value != "-")
+    _write([t.line(_NBEST.value) for t in translations], _OUTPUT.value)
   else:
-    from inference import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel  (TFDS)
-    run, step = _translator(mesh)
-    result = evaluate.evaluate(run, _workdir(), step=step, split=_SPLIT.value,
-                               source=_INPUT.value, reference=_REFERENCE.value,
-                               output=_OUTPUT.value)
-    print(json.dumps({**result, "beam_size": _BEAM.value, "alpha": _ALPHA.value}))
+    _evaluate()
 
 
 if __name__ == "__main__":

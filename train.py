@@ -2,6 +2,8 @@
 
 After the last step, the last `average_last_checkpoints` checkpoints are averaged and
 scored on `final_eval_splits` (WORKDIR/results.json): one command is the whole recipe.
+This file wires the phases together: training reports validation BLEU through an
+evaluator built from inference code, and the final scoring runs after training ends.
 
 Run the same command on every host of a multi-host slice. On TPU and SLURM-style
 clusters the hosts find each other by themselves; elsewhere pass
@@ -13,6 +15,14 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data import datasets
+from data import prepare
+from inference import evaluate
+from inference import translate
+from parallel import mesh
+from parallel.sharding import Partitioner
+from training import trainer
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the tokenizer, checkpoints"
@@ -23,24 +33,40 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the r
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
+def validation_bleu(config, validation, tokenizer, partitioner: Partitioner
+                    ) -> list[trainer.Evaluator]:
+  """BLEU of beam search (config.decode) on `config.eval_bleu_sentences` pairs."""
+  if config.eval_bleu_sentences == 0:
+    return []
+  limit = None if config.eval_bleu_sentences < 0 else config.eval_bleu_sentences
+  sources, references = datasets.text_pairs(
+      validation, config.data.source_lang, config.data.target_lang, limit)
+  decoder = translate.Decoder(
+      partitioner, translate.DecodeSettings.from_config(config.decode),
+      max_len=config.model.max_len)
+  return [evaluate.BleuEvaluator(sources, references, tokenizer, decoder,
+                                 batch_tokens=config.batch_tokens)]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Imported here so jax.distributed.initialize runs before anything touches devices.
-  from parallel import mesh  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  # Before anything touches the devices.
   mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                               _PROCESS_ID.value)
-  from training import trainer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  config = _CONFIG.value
-  result = trainer.run(config, _WORKDIR.value)
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  partitioner = Partitioner.from_config(config)
+  sources, tokenizer = prepare.prepare_on_all_processes(config, workdir)
+  result = trainer.run(
+      config, workdir, partitioner, sources, tokenizer,
+      evaluators=validation_bleu(config, sources["validation"], tokenizer, partitioner))
   print(json.dumps({"final_validation": result}))
   if config.final_eval_splits and result["step"] == config.num_train_steps:
     # The recipe's end: average the last checkpoints and score them (results.json).
-    from inference import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     for scores in evaluate.evaluate_run(
-        _WORKDIR.value, mesh.create_mesh((-1, 1, 1)), splits=config.final_eval_splits,
+        workdir, partitioner, splits=config.final_eval_splits,
         average_last=config.average_last_checkpoints,
-        beam_size=config.eval_beam_size, alpha=config.eval_alpha):
+        settings=translate.DecodeSettings.from_config(config.decode)):
       print(json.dumps(scores))
 
 

@@ -8,8 +8,6 @@ against a square matmul in the model's compute dtype timed in the same run. Need
 JAX, Flax and optax: no data pipeline, no TFDS.
 """
 import json
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -18,9 +16,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from bench import timing
+from data import tokenizer as tokenizer_lib
 from models import transformer
-from parallel import mesh as mesh_lib
-from parallel import sharding
+from parallel.sharding import Partitioner
 from training import optimizer as optimizer_lib
 from training import trainer
 
@@ -33,22 +32,12 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiling one.
 _MATMUL = flags.DEFINE_integer("matmul_size", 4096, "Side of the peak-FLOP/s matmul.")
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def matmul_flops_per_sec(n: int, dtype) -> float:
   """Achieved FLOP/s of an n x n x n matmul: the ceiling MFU is measured against."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   matmul = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(matmul(a, b))
-  return 2 * n**3 / _median_seconds(lambda: matmul(a, b), 5)
+  return 2 * n**3 / timing.time_calls(lambda: matmul(a, b), 5).median_s
 
 
 def synthetic_batch(batch: int, length: int, vocab: int) -> dict[str, np.ndarray]:
@@ -65,30 +54,24 @@ def synthetic_batch(batch: int, length: int, vocab: int) -> dict[str, np.ndarray
 def main(argv):
   del argv
   config = _CONFIG.value
-  mesh = mesh_lib.create_mesh(config.mesh_shape)
-  rules = sharding.normalize_rules(config.logical_axis_rules)
-  batch_sharding = sharding.batch_sharding(mesh, rules)
-  model_cfg = transformer.TransformerConfig.from_config(config.model, _VOCAB.value)
+  partitioner = Partitioner.from_config(config)
+  model_cfg = transformer.TransformerConfig.from_config(
+      config.model, vocab_size=_VOCAB.value, pad_id=tokenizer_lib.PAD_ID)
   tx = optimizer_lib.create_optimizer(config)
-  graphdef, rest, state, shardings = trainer.create_train_state(
-      model_cfg, tx, mesh, rules, config.seed)
-  train_step, _ = trainer.compile_steps(config, graphdef, rest, tx, shardings,
-                                        batch_sharding)
-  params = sum(x.size for x in jax.tree.leaves(state.params))
+  initial = trainer.create_train_state(model_cfg, tx, partitioner, config.seed)
+  train_step, _ = trainer.compile_steps(config, initial, tx, partitioner)
+  params = transformer.count_params(initial.state.params)
   local = synthetic_batch(_BATCH.value, _LENGTH.value, _VOCAB.value)
-  with sharding.use_mesh(mesh, rules):
-    batch = jax.tree.map(lambda x: jax.device_put(x, batch_sharding), local)
-    start = time.perf_counter()
+  batch = jax.device_put(local, partitioner.batch_sharding())
+  state = initial.state
+
+  def step():  # The state is donated: each call continues from the last one.
+    nonlocal state
     state, metrics = train_step(state, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(_STEPS.value):
-      start = time.perf_counter()
-      state, metrics = train_step(state, batch)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
+    return metrics
+
+  result = timing.time_calls(step, _STEPS.value)
+  compile_s, step_s, metrics = result.first_s, result.median_s, result.output
   tokens = _BATCH.value * _LENGTH.value
   peak = matmul_flops_per_sec(_MATMUL.value, jnp.dtype(config.model.dtype))
   print(json.dumps({

@@ -29,17 +29,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50  # Train metrics to TensorBoard, metrics.jsonl, stdout.
   config.eval_every_steps = 550  # Validation loss, accuracy, perplexity and BLEU.
   config.eval_bleu_sentences = -1  # Validation pairs translated for BLEU (-1 all, 0 off).
-  config.eval_beam_size = 4  # Beam width for validation BLEU.
-  config.eval_alpha = 0.6  # Length penalty for validation BLEU.
   config.checkpoint_every_steps = 50  # Asynchronous orbax saves.
   config.max_checkpoints_to_keep = 10  # Older ones are deleted, except the best by BLEU.
   # After the last step: average this many last checkpoints (1: the last as it is)...
   config.average_last_checkpoints = 5
-  # ...and score the average on these splits, beam eval_beam_size (WORKDIR/results.json).
+  # ...and score the average on these splits with config.decode (WORKDIR/results.json).
   config.final_eval_splits = ("validation", "test_2016_flickr")
   config.profile_start_step = -1  # Step at which a jax.profiler trace starts (-1: off).
   config.profile_num_steps = 5  # Steps in the trace, written to WORKDIR/profile.
-  config.inject_nan_at_step = -1  # Test hook: make this step's loss NaN (-1: off).
 
   # Device mesh ('data', 'fsdp', 'tensor'); -1 takes the remaining devices.
   config.mesh_shape = (-1, 1, 1)
@@ -59,6 +56,14 @@ def get_config() -> ml_collections.ConfigDict:
   data.max_length = 64  # Packed row length; longer training pairs are dropped.
   data.eval_max_length = 128  # Row length for evaluation; longer sides are truncated.
   data.worker_count = 0  # grain worker processes (0: in the training process).
+
+  # Beam search for validation BLEU and the final scores; saved with the run, it
+  # gives infer.py its defaults (its flags override them).
+  config.decode = decode = ml_collections.ConfigDict()
+  decode.beam_size = 4  # Beam width (1: greedy).
+  decode.alpha = 0.6  # GNMT length penalty exponent.
+  decode.max_len_a = 1.5  # Output limit a * source_len + b tokens...
+  decode.max_len_b = 10.0  # ...EOS included.
 
   config.model = model = ml_collections.ConfigDict()
   model.emb_dim = 128  # Model width d_model.

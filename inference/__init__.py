@@ -1,1 +1,1 @@
-"""Inference: restore parameters, batch and translate, score BLEU, benchmark decoding."""
+"""Inference: restore parameters, batch and translate, score BLEU."""

@@ -1,79 +1,95 @@
-"""Translate a TFDS split or a source/reference file pair and score it (inference/bleu.py)."""
-from collections.abc import Callable, Sequence
+"""Translate and score: a TFDS split or a file pair, validation BLEU during training,
+and the end of a recipe (average the last checkpoints, score them)."""
+from collections.abc import Sequence
+import dataclasses
 import json
 
 from absl import logging
 from etils import epath
+from flax import nnx
 import jax
 
+from data import datasets
+from data import tokenizer as tokenizer_lib
 from inference import bleu
 from inference import restore
 from inference import translate
-from training import checkpoints
+from inference.translator import Translator
+from parallel.sharding import Partitioner
+from storage import layout
 
 
-def _pairs_from_split(workdir: str, split: str) -> tuple[list[str], list[str]]:
-  from data import datasets  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from data import pipeline  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  data_cfg = restore.load_config(workdir).data
+def read_split(workdir: str, split: str) -> tuple[list[str], list[str]]:
+  """(sources, references) of a TFDS split, read with the run's data config."""
+  data_cfg = layout.read_config(workdir).data
   source = datasets.load_sources(data_cfg, [split])[split]
-  examples = [source[i] for i in range(len(source))]
-  return ([pipeline.decode_text(ex[data_cfg.source_lang]) for ex in examples],
-          [pipeline.decode_text(ex[data_cfg.target_lang]) for ex in examples])
+  return datasets.text_pairs(source, data_cfg.source_lang, data_cfg.target_lang)
 
 
-def evaluate(run: Callable, workdir: str, *, step: int, split: str | None,
-             source: str | None, reference: str | None, output: str) -> dict:
-  """Scores `run(texts, name, progress) -> lines`; writes the hypotheses to a file.
-
-  Either `split` (read through TFDS with the run's data config) or `source` and
-  `reference` files. The hypotheses go to `output`, or by default to
-  WORKDIR/hypotheses/<split or source name>.step<step>.txt.
-  """
-  if split:
-    sources, references = _pairs_from_split(workdir, split)
-    name = split
-  elif source and source != "-" and reference:
-    sources = translate.read_lines(epath.Path(source).read_bytes(), source)
-    references = translate.read_lines(epath.Path(reference).read_bytes(), reference)
-    name = epath.Path(source).name
-  else:
-    raise ValueError("--mode=evaluate needs --split, or --input and --reference files.")
+def read_file_pair(source: str, reference: str) -> tuple[list[str], list[str]]:
+  """(sources, references) from two line-aligned files."""
+  sources = translate.read_lines(epath.Path(source).read_bytes(), source)
+  references = translate.read_lines(epath.Path(reference).read_bytes(), reference)
   if len(sources) != len(references):
-    raise ValueError(f"{name}: {len(sources)} source lines but {len(references)}"
-                     f" reference lines ({reference}); the files must be line-aligned.")
-  hypotheses = run(sources, name, True)
-  path = (epath.Path(workdir) / "hypotheses" / f"{name}.step{step}.txt"
-          if output == "-" else epath.Path(output))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text("".join(h + "\n" for h in hypotheses))
-  return {"data": name, "step": step, "hypotheses": str(path),
-          **bleu.score(hypotheses, references)}
+    raise ValueError(f"{source} has {len(sources)} lines but {reference} has"
+                     f" {len(references)}; the files must be line-aligned.")
+  return sources, references
 
 
-def evaluate_run(workdir: str, mesh, *, splits: Sequence[str], average_last: int,
-                 beam_size: int, alpha: float) -> list[dict]:
+def evaluate(translator: Translator, name: str, sources: Sequence[str],
+             references: Sequence[str], output: epath.Path, nbest: int = 1) -> dict:
+  """Translates `sources`, scores the best hypotheses, writes the output lines."""
+  translations = translator.translate(sources, name=name, progress=True)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.write_text("".join(t.line(nbest) + "\n" for t in translations))
+  return {"data": name, "step": translator.step, "hypotheses": str(output),
+          **bleu.score([t.text for t in translations], references)}
+
+
+@dataclasses.dataclass
+class BleuEvaluator:
+  """Validation BLEU of the current parameters, for `training.trainer.Evaluator`.
+
+  Translates `sources` with the training partitioner (its mesh and rules) and scores
+  against `references`; the decoder is compiled once and reused at every pass.
+  """
+  sources: Sequence[str]
+  references: Sequence[str]
+  tokenizer: tokenizer_lib.Tokenizer
+  decoder: translate.Decoder
+  batch_tokens: int
+
+  def __call__(self, graphdef: nnx.GraphDef, params: nnx.State) -> dict[str, float]:
+    translations = translate.translate(
+        self.sources, self.tokenizer, self.decoder.bind(graphdef, params),
+        max_len=self.decoder.max_len, batch_tokens=self.batch_tokens)
+    scores = bleu.score([t.text for t in translations], self.references)
+    return {"bleu": scores["bleu_lc_tok"], "sacrebleu": scores["sacrebleu"],
+            "chrf": scores["chrf"]}
+
+
+def evaluate_run(workdir: str, partitioner: Partitioner, *, splits: Sequence[str],
+                 average_last: int, settings: translate.DecodeSettings) -> list[dict]:
   """The end of a recipe: average the last checkpoints, then score each split.
 
   Averages the last `average_last` checkpoints (fewer if the run has fewer; 1 scores
   the last checkpoint as it is) and writes the results to WORKDIR/results.json.
   """
-  available = len(restore.checkpoint_steps(str(checkpoints.checkpoint_dir(workdir))))
+  available = len(layout.checkpoint_steps(layout.checkpoint_dir(workdir)))
   count = min(average_last, available)
   if count < average_last:
     logging.warning("Averaging %d checkpoints, not %d: %s has only %d.", count,
                     average_last, workdir, available)
-  checkpoint_dir = (str(restore.average_checkpoints(workdir, mesh, count))
+  checkpoint_dir = (str(restore.average_checkpoints(workdir, partitioner, count))
                     if count > 1 else None)
-  run, step = translate.make_translator(workdir, mesh, checkpoint_dir=checkpoint_dir,
-                                        beam_size=beam_size, alpha=alpha)
+  translator = Translator.from_workdir(workdir, partitioner,
+                                       checkpoint_dir=checkpoint_dir, settings=settings)
   results = []
   for split in splits:
-    output = epath.Path(workdir) / "hypotheses" / f"{split}.step{step}.avg{count}.txt"
-    results.append({**evaluate(run, workdir, step=step, split=split, source=None,
-                               reference=None, output=str(output)),
-                    "averaged_checkpoints": count, "beam_size": beam_size,
-                    "alpha": alpha})
+    output = (epath.Path(workdir) / "hypotheses"
+              / f"{split}.step{translator.step}.avg{count}.txt")
+    results.append({**evaluate(translator, split, *read_split(workdir, split), output),
+                    "averaged_checkpoints": count, **dataclasses.asdict(settings)})
   if jax.process_index() == 0:
     (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=1))
   return results

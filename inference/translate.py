@@ -11,7 +11,9 @@ import dataclasses
 import itertools
 import math
 import sys
+from typing import Any
 
+from absl import logging
 from flax import nnx
 import jax
 from jax.experimental import multihost_utils
@@ -20,13 +22,52 @@ import tqdm
 
 from data import tokenizer as tokenizer_lib
 from models import decoding
-from parallel import sharding
+from parallel.sharding import Partitioner
 
 BUCKETS = (8, 16, 32, 64, 128, 256, 512)
 
 # decode(inputs [batch, src_len] int32) -> (tokens [batch, nbest, out_len],
 #                                           scores [batch, nbest])
 DecodeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+  """How to search: the fields of `config.decode`, saved with the run."""
+  beam_size: int = 4  # 1 is greedy.
+  alpha: float = 0.6  # GNMT length penalty exponent.
+  max_len_a: float = 1.5  # Output limit a * source_len + b tokens, EOS included.
+  max_len_b: float = 10.0
+
+  @classmethod
+  def from_config(cls, decode_cfg: Any | None) -> "DecodeSettings":
+    """From `config.decode`; a run saved before that block existed gets the defaults."""
+    if decode_cfg is None:
+      return cls()
+    fields = dict(decode_cfg.to_dict() if hasattr(decode_cfg, "to_dict") else decode_cfg)
+    return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypothesis:
+  text: str
+  score: float  # Sum of log-probabilities over the length penalty.
+
+
+@dataclasses.dataclass(frozen=True)
+class Translation:
+  """One input line's n-best list, best first; empty for an empty line."""
+  nbest: list[Hypothesis]
+
+  @property
+  def text(self) -> str:
+    return self.nbest[0].text if self.nbest else ""
+
+  def line(self, nbest: int = 1) -> str:
+    """The output line: the best text, or `hyp1<TAB>score1<TAB>hyp2...` for nbest > 1."""
+    if nbest == 1:
+      return self.text
+    return "\t".join(f"{h.text}\t{h.score:.4f}" for h in self.nbest)
 
 
 @dataclasses.dataclass
@@ -47,8 +88,9 @@ def read_lines(data: bytes, name: str) -> list[str]:
     try:
       texts.append(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-      print(f"{name}:{number}: invalid UTF-8 ({e.reason} at byte {e.start}); replaced"
-            " with U+FFFD. Re-encode the file as UTF-8 to avoid this.", file=sys.stderr)
+      logging.warning("%s:%d: invalid UTF-8 (%s at byte %d); replaced with U+FFFD."
+                      " Re-encode the file as UTF-8 to avoid this.", name, number,
+                      e.reason, e.start)
       texts.append(raw.decode("utf-8", errors="replace"))
   return texts
 
@@ -62,9 +104,9 @@ def tokenize(texts: Sequence[str], tokenizer, max_len: int, name: str) -> list[S
       continue
     ids = tokenizer.encode(text.strip()) + [tokenizer_lib.EOS_ID]
     if len(ids) > max_len:
-      print(f"{name}:{number}: {len(ids)} tokens, more than the model's limit of"
-            f" {max_len}; translating the first {max_len - 1}. Split the line to"
-            " translate all of it.", file=sys.stderr)
+      logging.warning("%s:%d: %d tokens, more than the model's limit of %d;"
+                      " translating the first %d. Split the line to translate all"
+                      " of it.", name, number, len(ids), max_len, max_len - 1)
       ids = ids[:max_len - 1] + [tokenizer_lib.EOS_ID]
     sources.append(Source(number, ids))
   return sources
@@ -88,75 +130,61 @@ def batches(sources: Sequence[Source], batch_tokens: int
     for start in range(0, len(group), per_batch):
       take = group[start:start + per_batch]
       rows = min(per_batch, 1 << (len(take) - 1).bit_length())
-      inputs = np.zeros((rows, length), np.int32)  # Padding rows are all pad.
+      inputs = np.full((rows, length), tokenizer_lib.PAD_ID, np.int32)
       for r, source in enumerate(take):
         inputs[r, :len(source.ids)] = source.ids
       yield take, inputs
 
 
-def translate(texts: Sequence[str], tokenizer, decode: DecodeFn, *, max_len: int,
-              batch_tokens: int, nbest: int = 1, name: str = "<input>",
-              progress: bool = False) -> list[str]:
-  """One output line per text. With nbest > 1: `hyp1\\tscore1\\thyp2\\tscore2 ...`."""
+def translate(texts: Sequence[str], tokenizer: tokenizer_lib.Tokenizer,
+              decode: DecodeFn, *, max_len: int, batch_tokens: int,
+              name: str = "<input>", progress: bool = False) -> list[Translation]:
+  """One Translation per text, in order; empty texts never reach the decoder."""
   sources = tokenize(texts, tokenizer, max_len, name)
-  outputs = [""] * len(sources)
+  outputs = [Translation([]) for _ in sources]
   work = list(batches(sources, batch_tokens))
   for batch, inputs in tqdm.tqdm(work, disable=not progress, file=sys.stderr,
                                  unit="batch"):
     tokens, scores = decode(inputs)  # [rows, nbest, out_len], [rows, nbest]
     for r, source in enumerate(batch):
-      hyps = [tokenizer.decode(tokens[r, k]) for k in range(nbest)]
-      outputs[source.line - 1] = hyps[0] if nbest == 1 else "\t".join(
-          f"{h}\t{float(scores[r, k]):.4f}" for k, h in enumerate(hyps))
+      outputs[source.line - 1] = Translation([
+          Hypothesis(tokenizer.decode(tokens[r, k]), float(scores[r, k]))
+          for k in range(tokens.shape[1])])
   return outputs
 
 
-def make_decoder(graphdef, state, mesh, *, beam_size: int, alpha: float,
-                 max_len_a: float, max_len_b: float, nbest: int, max_len: int
-                 ) -> DecodeFn:
-  """A DecodeFn running the jitted beam search with the batch split over the mesh.
+class Decoder:
+  """The jitted beam search over a partitioner's mesh, compiled once per shape.
 
-  The KV cache length is static per source bucket: min(max_len, ceil(a * bucket + b)).
-  alpha, a and b are traced, so a new alpha reuses the compiled search.
+  `bind(graphdef, params)` gives the DecodeFn of one set of parameters; binding new
+  parameters of the same structure (e.g. at each validation pass) reuses the
+  compilations. The KV cache length is static per source bucket: min(max_len,
+  ceil(a * bucket + b)); alpha, a and b are traced, so new values do not recompile.
   """
-  def decode(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    max_decode_len = min(max_len, math.ceil(max_len_a * inputs.shape[1] + max_len_b))
-    # Rows split over ('data', 'fsdp') as far as the row count divides. Every process
-    # holds the same `inputs` and gets back all rows (multi-host evaluation).
-    spec = sharding.logical_to_spec(("batch", "length"), shape=inputs.shape, mesh=mesh)
-    global_inputs = jax.make_array_from_callback(
-        inputs.shape, jax.sharding.NamedSharding(mesh, spec), lambda i: inputs[i])
-    with sharding.use_mesh(mesh):
-      out = decoding.beam_search_jit(
-          graphdef, state, global_inputs, alpha, max_len_a, max_len_b,
-          beam_size=beam_size, max_decode_len=max_decode_len, nbest=nbest)
-    return (multihost_utils.process_allgather(out.tokens, tiled=True),
-            multihost_utils.process_allgather(out.scores, tiled=True))
-  return decode
 
+  def __init__(self, partitioner: Partitioner, settings: DecodeSettings, *,
+               max_len: int, nbest: int = 1):
+    self.partitioner = partitioner
+    self.settings = settings
+    self.max_len = max_len
+    self.nbest = nbest
+    self._search = decoding.jit_beam_search(partitioner)
 
-def make_translator(workdir: str, mesh, *, step: int | None = None,
-                    checkpoint_dir: str | None = None, dtype: str | None = None,
-                    beam_size: int = 4, alpha: float = 0.6, max_len_a: float = 1.5,
-                    max_len_b: float = 10.0, nbest: int = 1, batch_tokens: int = 4096
-                    ) -> tuple[Callable[[Sequence[str], str, bool], list[str]], int]:
-  """(run(texts, name, progress) -> output lines, checkpoint step) for a workdir.
+  def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
+    s = self.settings
 
-  Restores the parameters of `step` (default: the latest) from WORKDIR/checkpoints or
-  `checkpoint_dir` (e.g. averaged ones), cast to `dtype`, and loads WORKDIR/spm.model.
-  """
-  from inference import restore  # pylint: disable=g-import-not-at-top,import-outside-toplevel  (grain)
-  model = restore.restore_params(workdir, mesh, step=step,
-                                 checkpoint_dir=checkpoint_dir, dtype=dtype)
-  graphdef, state = nnx.split(nnx.merge(model.graphdef, model.params, model.rest))
-  max_len = model.model_config.max_len
-  decode = make_decoder(graphdef, state, mesh, beam_size=beam_size, alpha=alpha,
-                        max_len_a=max_len_a, max_len_b=max_len_b, nbest=nbest,
-                        max_len=max_len)
-  tokenizer = restore.load_tokenizer(workdir)
-
-  def run(texts: Sequence[str], name: str, progress: bool) -> list[str]:
-    return translate(texts, tokenizer, decode, max_len=max_len,
-                     batch_tokens=batch_tokens, nbest=nbest, name=name,
-                     progress=progress)
-  return run, model.step
+    def decode(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+      max_decode_len = min(self.max_len, math.ceil(s.max_len_a * inputs.shape[1]
+                                                   + s.max_len_b))
+      # Rows split over ('data', 'fsdp') as far as the row count divides. Every
+      # process holds the same `inputs` and gets back all rows (multi-host).
+      global_inputs = jax.make_array_from_callback(
+          inputs.shape, self.partitioner.batch_sharding(inputs.shape),
+          lambda i: inputs[i])
+      out = self._search(graphdef, params, global_inputs, float(s.alpha),
+                         float(s.max_len_a), float(s.max_len_b),
+                         eos_id=tokenizer_lib.EOS_ID, beam_size=s.beam_size,
+                         max_decode_len=max_decode_len, nbest=self.nbest)
+      return (multihost_utils.process_allgather(out.tokens, tiled=True),
+              multihost_utils.process_allgather(out.scores, tiled=True))
+    return decode

@@ -1,2 +1,2 @@
-"""The network (Flax NNX) and, later, the decoder; pure math, no I/O."""
+"""The network (Flax NNX) and beam search over it; pure math, no I/O."""
 from models.transformer import CrossKV, DecodeCache, Transformer, TransformerConfig

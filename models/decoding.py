@@ -7,18 +7,22 @@ sentence become the query axis of cross-attention (`MultiHeadAttention.attend`),
 into a cache preallocated for `max_decode_len` positions and written in place.
 
 Search rules (`beam_search`), per sentence:
-- Each step expands every live hypothesis by every token except pad (id 0) and keeps
+- Each step expands every live hypothesis by every token except pad and keeps
   the `beam_size` best candidates by log-probability. Candidates ending in EOS, or
   reaching the sentence's max length `min(floor(a * src_len + b), max_decode_len)`,
   move to the finished set (the `beam_size` best by length-normalised score); the
   others stay live. So beam 1 is exactly greedy search, whatever `alpha` is.
 - Score = sum of log-probabilities / ((5 + length) / 6) ** alpha (GNMT). Length counts
   the EOS token when the hypothesis ends with one; a hypothesis cut at the max length
-  has no EOS. `lengths == (tokens != 0).sum(-1)`.
+  has no EOS. `lengths == (tokens != pad_id).sum(-1)`.
 - The sentence stops once its finished set is full and no live hypothesis can beat
   the worst finished one (`live_score_bound`), or when nothing is live. Its state is
   then frozen, so the result does not depend on how long its batch mates run.
+
+The special ids are not declared here: the pad id (also the decoder's start token) is
+the model's `cfg.pad_id`, and callers pass the tokenizer's `eos_id`.
 """
+from collections.abc import Callable
 from typing import NamedTuple
 
 import flax
@@ -28,17 +32,16 @@ from jax import lax
 import jax.numpy as jnp
 
 from models.transformer import CrossKV, DecodeCache, Transformer
-from parallel.sharding import logical_to_spec, with_logical_constraint
+from parallel.sharding import Partitioner, logical_to_spec, with_logical_constraint
 
 Array = jax.Array
-PAD, EOS = 0, 1
 NEG_INF = -jnp.inf
 CACHE_AXES = ("batch", "length", "heads", "kv")  # [batch * beam, max_decode_len, ...]
 
 
 class Decoded(NamedTuple):
   """Beam-search output: n-best hypotheses per sentence, best first."""
-  tokens: Array  # [batch, nbest, max_decode_len] int32, EOS kept, 0 after it
+  tokens: Array  # [batch, nbest, max_decode_len] int32, EOS kept, pad after it
   scores: Array  # [batch, nbest] float32 length-normalised; -inf for missing ones
   lengths: Array  # [batch, nbest] int32 tokens including EOS (0 for missing ones)
   steps: Array  # [] int32 decoder steps the loop ran (early stopping shows here)
@@ -78,13 +81,13 @@ def live_score_bound(alive_logp: Array, length: Array, max_len: Array,
 
 
 def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
-                max_decode_len: int) -> Array:
+                max_decode_len: int, pad_id: int) -> Array:
   """[batch] int32 per-sentence max output length, EOS included: a * src_len + b.
 
   src_len counts non-pad source tokens, so padding does not change it; the result is
   clipped to [1, max_decode_len].
   """
-  src_len = jnp.sum(inputs != PAD, axis=-1).astype(jnp.float32)  # [batch]
+  src_len = jnp.sum(inputs != pad_id, axis=-1).astype(jnp.float32)  # [batch]
   limit = jnp.floor(max_len_a * src_len + max_len_b)
   return jnp.clip(limit, 1, max_decode_len).astype(jnp.int32)
 
@@ -133,30 +136,31 @@ def _reorder_cache(cache: DecodeCache, parent: Array) -> DecodeCache:
 
 
 def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, src_mask: Array,
-          max_len: Array, alpha: Array, suppress_eos: bool) -> BeamState:
+          max_len: Array, alpha: Array, eos_id: int, suppress_eos: bool) -> BeamState:
   """One decoder step for every live hypothesis, then the beam bookkeeping."""
   batch, beam = state.alive_seqs.shape[:2]
   t = state.step
-  # Decoder input: the token at t - 1, start token 0 at t = 0.
+  pad_id = model.cfg.pad_id
+  # Decoder input: the token at t - 1, the start token (pad) at t = 0.
   prev = lax.dynamic_index_in_dim(state.alive_seqs, jnp.maximum(t - 1, 0), axis=2,
                                   keepdims=False)  # [batch, beam]
-  prev = jnp.where(t == 0, 0, prev)
+  prev = jnp.where(t == 0, pad_id, prev)
   logits, cache = model.decode_step(prev.reshape(-1), t, state.cache, cross_kv,
                                     src_mask)  # [batch * beam, vocab]
   vocab = logits.shape[-1]
   logp = jax.nn.log_softmax(logits).reshape(batch, beam, vocab)
   # Pad is never emitted; its probability mass is dropped, not renormalised, so
   # scores stay sums of the model's log-probabilities.
-  logp = logp.at[..., PAD].set(NEG_INF)
+  logp = logp.at[..., pad_id].set(NEG_INF)
   if suppress_eos:
-    logp = logp.at[..., EOS].set(NEG_INF)
+    logp = logp.at[..., eos_id].set(NEG_INF)
   candidates = state.alive_logp[..., None] + logp  # [batch, beam, vocab]
   top_logp, top_idx = _top_k(candidates.reshape(batch, beam * vocab), beam)
   parent, token = top_idx // vocab, top_idx % vocab  # [batch, beam]
   seqs = _gather_beams(state.alive_seqs, parent)
   seqs = lax.dynamic_update_index_in_dim(seqs, token, t, axis=2)
   length = t + 1
-  finishing = (token == EOS) | (length >= max_len[:, None])  # [batch, beam]
+  finishing = (token == eos_id) | (length >= max_len[:, None])  # [batch, beam]
 
   # Finished set: the beam best of old and new, old first so that ties keep it.
   new_scores = jnp.where(finishing, top_logp / length_penalty(length, alpha), NEG_INF)
@@ -181,17 +185,19 @@ def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, src_mask: Arr
 
 def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                 alpha: float | Array, max_len_a: float | Array,
-                max_len_b: float | Array, *, beam_size: int, max_decode_len: int,
-                nbest: int = 1, forced_len: int | None = None) -> Decoded:
+                max_len_b: float | Array, *, eos_id: int, beam_size: int,
+                max_decode_len: int, nbest: int = 1, forced_len: int | None = None
+                ) -> Decoded:
   """Translates source rows inputs [batch, src_len] (0-padded) into n-best lists.
 
   graphdef/params: `nnx.split(model)`. `alpha`, `max_len_a` and `max_len_b` are traced,
   so new values reuse the compilation (pass them as floats every time: an int has
-  another type and compiles anew); `beam_size`, `max_decode_len`, `nbest` and
-  `forced_len` are static. `forced_len` is benchmark mode: EOS is suppressed and
+  another type and compiles anew); `eos_id`, `beam_size`, `max_decode_len`, `nbest`
+  and `forced_len` are static. `forced_len` is benchmark mode: EOS is suppressed and
   every hypothesis runs to exactly `forced_len` tokens (`max_len_a/b` are ignored),
   so decoders can be compared on identical work.
-  Use `beam_search_jit`, or call this inside your own `jax.jit`.
+  Compile it with `Partitioner.jit` (see `jit_beam_search`) so that it traces under
+  the run's mesh and rules; `beam_search_jit` is the same without a mesh.
   """
   if not 1 <= nbest <= beam_size:
     raise ValueError(f"nbest={nbest} must be between 1 and beam_size={beam_size}.")
@@ -207,14 +213,15 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   alpha = jnp.asarray(alpha, jnp.float32)
   if forced_len is None:
     max_len = max_lengths(inputs, jnp.asarray(max_len_a, jnp.float32),
-                          jnp.asarray(max_len_b, jnp.float32), max_decode_len)
+                          jnp.asarray(max_len_b, jnp.float32), max_decode_len,
+                          model.cfg.pad_id)
   else:
     max_len = jnp.full((batch,), forced_len, jnp.int32)
   num_steps = max_decode_len if forced_len is None else forced_len
 
   cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, src_len, ...]
-  src_mask = inputs != PAD  # [batch, src_len]
-  seqs = jnp.zeros((batch, beam, max_decode_len), jnp.int32)
+  src_mask = inputs != model.cfg.pad_id  # [batch, src_len]
+  seqs = jnp.full((batch, beam, max_decode_len), model.cfg.pad_id, jnp.int32)
   # Only beam 0 is live at first: the others would repeat it.
   alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)
   state = BeamState(
@@ -228,18 +235,25 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
     return (s.step < num_steps) & jnp.any(s.alive_logp > NEG_INF)
 
   def body(s: BeamState) -> BeamState:
-    return _step(model, s, cross_kv, src_mask, max_len, alpha,
+    return _step(model, s, cross_kv, src_mask, max_len, alpha, eos_id,
                  suppress_eos=forced_len is not None)
 
   state = lax.while_loop(cond, body, state)
   scores = state.finished_scores[:, :nbest]  # [batch, nbest]
   found = scores > NEG_INF  # Fewer than nbest only with a tiny vocabulary/max length.
-  tokens = jnp.where(found[..., None], state.finished_seqs[:, :nbest], 0)
+  tokens = jnp.where(found[..., None], state.finished_seqs[:, :nbest],
+                     model.cfg.pad_id)
   lengths = jnp.where(found, state.finished_lens[:, :nbest], 0)
   return Decoded(tokens=tokens, scores=scores, lengths=lengths, steps=state.step)
 
 
-# The entry point callers use: graphdef (argument 0) and the sizes are static.
-beam_search_jit = jax.jit(
-    beam_search, static_argnums=0,
-    static_argnames=("beam_size", "max_decode_len", "nbest", "forced_len"))
+_STATIC = ("eos_id", "beam_size", "max_decode_len", "nbest", "forced_len")
+
+
+def jit_beam_search(partitioner: Partitioner) -> Callable[..., Decoded]:
+  """`beam_search` compiled under `partitioner`'s mesh and rules (graphdef static)."""
+  return partitioner.jit(beam_search, static_argnums=0, static_argnames=_STATIC)
+
+
+# Without a mesh (one device, or a caller's own `jax.set_mesh`): DEFAULT_RULES.
+beam_search_jit = jax.jit(beam_search, static_argnums=0, static_argnames=_STATIC)

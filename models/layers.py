@@ -26,7 +26,7 @@ def partitioned(init, names: Sequence[str | None]):
   `eager_sharding=False` turns off Flax 0.12's default of sharding each variable
   when it is created (which needs a mesh and rules even on one CPU). The model
   therefore builds anywhere; sharded copies come from
-  `parallel.sharding.create_sharded_model` (jit with out_shardings).
+  `parallel.sharding.Partitioner.init_params` (jit with out_shardings).
   """
   return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
 
@@ -54,12 +54,13 @@ def position_embedding(positions: Array, max_len: int, dim: int, dtype) -> Array
   return jnp.take(table, positions, axis=0, mode="clip")
 
 
-def shift_right(targets: Array, segment_ids: Array | None = None) -> Array:
-  """Decoder input: targets moved one step right with start token 0 per segment."""
-  shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]  # [batch, length]
-  if segment_ids is not None:  # The first token of every packed segment is 0 too.
+def shift_right(targets: Array, segment_ids: Array | None, start_id: int) -> Array:
+  """Decoder input: targets moved one step right, `start_id` first in every segment."""
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)),
+                    constant_values=start_id)[:, :-1]  # [batch, length]
+  if segment_ids is not None:  # The first token of every packed segment too.
     prev = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
-    shifted = jnp.where(segment_ids == prev, shifted, 0)
+    shifted = jnp.where(segment_ids == prev, shifted, start_id)
   return shifted
 
 
@@ -67,7 +68,7 @@ def attention_mask(q_segments: Array, kv_segments: Array, causal: bool = False) 
   """[batch, 1, q_len, kv_len] bool: same segment, key not padding, (causal) key <= query.
 
   Segment ids are 1, 2, ... per packed sentence and 0 for padding; unpacked batches
-  use `segment_ids = tokens != 0`, so one formula covers padding and packing.
+  use `segment_ids = tokens != pad_id`, so one formula covers padding and packing.
   """
   mask = (q_segments[:, :, None] == kv_segments[:, None, :]) & (
       kv_segments[:, None, :] != 0)  # [batch, q_len, kv_len]
@@ -86,8 +87,6 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, emb_dim: int, num_heads: int, qkv_dim: int, *, dropout_rate: float,
                dtype, param_dtype, rngs: nnx.Rngs):
-    if qkv_dim % num_heads:
-      raise ValueError(f"qkv_dim={qkv_dim} is not a multiple of num_heads={num_heads}.")
     head_dim = qkv_dim // num_heads
     proj = functools.partial(
         nnx.LinearGeneral, emb_dim, (num_heads, head_dim), dtype=dtype,
@@ -102,7 +101,7 @@ class MultiHeadAttention(nnx.Module):
         param_dtype=param_dtype, rngs=rngs,
         kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("heads", "kv", "embed")),
         bias_init=partitioned(ZEROS, ("embed",)))
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate)  # Keys come with each call.
     self.dtype = dtype
 
   def project_kv(self, x: Array) -> tuple[Array, Array]:
@@ -147,7 +146,7 @@ class MlpBlock(nnx.Module):
     self.wo = dense(mlp_dim, emb_dim,
                     kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("mlp", "embed")),
                     bias_init=partitioned(ZEROS, ("embed",)))
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate)  # Keys come with each call.
 
   def __call__(self, x: Array, *, deterministic: bool = True, rngs=None) -> Array:
     h = nnx.relu(self.wi(x))  # [batch, length, mlp]

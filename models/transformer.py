@@ -7,6 +7,7 @@ sentence (`precompute_cross_kv`) and self-attention keys/values go into a
 preallocated cache (`init_cache`, `decode_step`). Caches are plain pytrees so a
 `lax.while_loop` can carry them.
 """
+from collections.abc import Callable
 import dataclasses
 import functools
 from typing import Any
@@ -28,6 +29,7 @@ ACTIVATION = ("batch", "length", "embed")  # Logical axes of the residual stream
 class TransformerConfig:
   """Model hyperparameters; the fields of `config.model` plus the vocabulary size."""
   vocab_size: int
+  pad_id: int  # Padding, also the decoder's start token: the tokenizer's PAD_ID.
   emb_dim: int = 512
   num_heads: int = 8
   num_encoder_layers: int = 6
@@ -43,6 +45,7 @@ class TransformerConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
+    # The one check of the head split; MultiHeadAttention trusts it.
     if self.qkv_dim % self.num_heads:
       raise ValueError(f"model.qkv_dim={self.qkv_dim} must be a multiple of "
                        f"model.num_heads={self.num_heads}.")
@@ -57,14 +60,32 @@ class TransformerConfig:
     return self.qkv_dim // self.num_heads
 
   @classmethod
-  def from_config(cls, model_cfg: Any, vocab_size: int) -> "TransformerConfig":
-    """From `config.model` (ConfigDict or dict); unknown fields are an error."""
+  def from_config(cls, model_cfg: Any, *, vocab_size: int, pad_id: int
+                  ) -> "TransformerConfig":
+    """From `config.model` (ConfigDict or dict) and the tokenizer's size and pad id.
+
+    Unknown fields are an error.
+    """
     fields = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
-    known = {f.name for f in dataclasses.fields(cls)} - {"vocab_size"}
+    known = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "pad_id"}
     if unknown := sorted(set(fields) - known):
       raise ValueError(f"Unknown config.model fields {unknown}; expected some of "
                        f"{sorted(known)}.")
-    return cls(vocab_size=vocab_size, **fields)
+    return cls(vocab_size=vocab_size, pad_id=pad_id, **fields)
+
+  def with_dtype(self, dtype: str | None) -> "TransformerConfig":
+    """The same model computing and storing parameters in `dtype` (None: unchanged)."""
+    return self if not dtype else dataclasses.replace(self, dtype=dtype,
+                                                      param_dtype=dtype)
+
+  def make_model(self, seed: int = 0) -> Callable[[], "Transformer"]:
+    """A constructor for `Partitioner.abstract_params` / `init_params`."""
+    return lambda: Transformer(self, rngs=nnx.Rngs(seed))
+
+
+def count_params(params: nnx.State) -> int:
+  """Number of parameter values in a params state (concrete or abstract)."""
+  return sum(x.size for x in jax.tree.leaves(params))
 
 
 @flax.struct.dataclass
@@ -82,9 +103,9 @@ class CrossKV:
   v: tuple[Array, ...]  # per decoder layer [batch, src_len, heads, head_dim]
 
 
-def _segments(tokens: Array, segment_ids: Array | None) -> Array:
+def _segments(tokens: Array, segment_ids: Array | None, pad_id: int) -> Array:
   """[batch, length] segment ids; unpacked input: 1 for tokens, 0 for padding."""
-  return (tokens != 0).astype(jnp.int32) if segment_ids is None else segment_ids
+  return (tokens != pad_id).astype(jnp.int32) if segment_ids is None else segment_ids
 
 
 def _as_rngs(rngs):
@@ -123,7 +144,7 @@ class EncoderLayer(_Block):
     self.mlp_norm = layer_norm(cfg.emb_dim, dtype, pdtype, rngs)
     self.mlp = MlpBlock(cfg.emb_dim, cfg.mlp_dim, dropout_rate=cfg.dropout_rate,
                         dtype=dtype, param_dtype=pdtype, rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
 
   def __call__(self, x: Array, mask: Array, *, deterministic: bool = True,
                rngs=None) -> Array:
@@ -150,7 +171,7 @@ class DecoderLayer(_Block):
     self.mlp_norm = norm()
     self.mlp = MlpBlock(cfg.emb_dim, cfg.mlp_dim, dropout_rate=cfg.dropout_rate,
                         dtype=dtype, param_dtype=pdtype, rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
 
   def __call__(self, y: Array, self_mask: Array, cross_k: Array, cross_v: Array,
                cross_mask: Array, *, deterministic: bool = True, rngs=None,
@@ -199,7 +220,7 @@ class Transformer(nnx.Module):
     norm = functools.partial(layer_norm, cfg.emb_dim, dtype, pdtype, rngs)
     self.encoder_norm = norm() if cfg.pre_layer_norm else None
     self.decoder_norm = norm() if cfg.pre_layer_norm else None
-    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
 
   def _embed(self, table: nnx.Embed, tokens: Array, positions: Array,
              deterministic: bool, rngs) -> Array:
@@ -226,7 +247,7 @@ class Transformer(nnx.Module):
              rngs=None) -> Array:
     """inputs [batch, src_len] -> encoded [batch, src_len, embed]."""
     rngs = _as_rngs(rngs)
-    segments = _segments(inputs, inputs_segment_ids)
+    segments = _segments(inputs, inputs_segment_ids, self.cfg.pad_id)
     mask = attention_mask(segments, segments)  # [batch, 1, src_len, src_len]
     x = self._embed(self.embed, inputs, _positions(inputs, inputs_positions),
                     deterministic, rngs)
@@ -242,14 +263,14 @@ class Transformer(nnx.Module):
     """Teacher-forced decoder: targets [batch, tgt_len] -> logits [batch, tgt_len, vocab].
 
     `inputs` only provides the source mask. The decoder input is `targets` shifted
-    right, with start token 0 at the beginning of every packed segment.
+    right, with the start token (pad_id) at the beginning of every packed segment.
     """
     rngs = _as_rngs(rngs)
-    src_seg = _segments(inputs, inputs_segment_ids)
-    tgt_seg = _segments(targets, targets_segment_ids)
+    src_seg = _segments(inputs, inputs_segment_ids, self.cfg.pad_id)
+    tgt_seg = _segments(targets, targets_segment_ids, self.cfg.pad_id)
     self_mask = attention_mask(tgt_seg, tgt_seg, causal=True)  # [batch, 1, tgt, tgt]
     cross_mask = attention_mask(tgt_seg, src_seg)  # [batch, 1, tgt_len, src_len]
-    y = self._embed(self._target_table, shift_right(targets, targets_segment_ids),
+    y = self._embed(self._target_table, shift_right(targets, targets_segment_ids, self.cfg.pad_id),
                     _positions(targets, targets_positions), deterministic, rngs)
     for layer in self.decoder_layers:
       k, v = layer.cross_attn.project_kv(encoded)  # [batch, src_len, heads, head_dim]
@@ -264,8 +285,9 @@ class Transformer(nnx.Module):
                rngs=None) -> Array:
     """Training/eval forward pass: logits [batch, tgt_len, vocab] in float32.
 
-    Dropout draws from the `rngs` given at construction, or from `rngs` (an
-    `nnx.Rngs` or a key) when given here, e.g. a key folded with the step number.
+    With `deterministic=False`, dropout draws from `rngs` (an `nnx.Rngs` or a key,
+    e.g. the seed folded with the step number): the model keeps no RNG state, so
+    its whole state is its parameters.
     """
     rngs = _as_rngs(rngs)
     encoded = self.encode(inputs, inputs_segment_ids=inputs_segment_ids,
@@ -294,7 +316,8 @@ class Transformer(nnx.Module):
                   cross_kv: CrossKV, src_mask: Array) -> tuple[Array, DecodeCache]:
     """Logits for position `step_index` given the previous token.
 
-    token [rows] is the token at `step_index - 1` (0, the start token, at step 0);
+    token [rows] is the token at `step_index - 1` (pad_id, the start token, at step
+    0);
     cross_kv and src_mask [batch, src_len] (True at real source tokens) cover `batch`
     sentences; rows = batch * beam for beam search, the beams of sentence i being rows
     i * beam ... i * beam + beam - 1 (they share the sentence's cross K/V, uncopied).

@@ -3,7 +3,9 @@
 Parameters carry logical names (`nnx.with_partitioning(init, ('embed', 'mlp'))`) and
 activations get `with_logical_constraint(x, ('batch', 'length', 'embed'))`; the table
 below (or `config.logical_axis_rules`) decides which mesh axes those names use, so a
-new parallelism layout is a config change, not a model change.
+new parallelism layout is a config change, not a model change. A `Partitioner` carries
+the mesh and the rules together: everything that shards, traces or compiles model code
+goes through one, so both phases always apply the same policy.
 
 Rules are resolved T5X style (`flax.linen.logical_to_mesh_axes`): in table order, a
 name takes its mesh axes only if no other dimension of the same array already uses
@@ -11,15 +13,18 @@ them, and a name without a rule is not sharded. That is why 'embed' -> 'fsdp' sh
 parameters but leaves activations' embed dimension whole: their 'batch' took 'fsdp'.
 """
 import contextlib
-import functools
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from flax import nnx
 from flax.core import spmd as flax_spmd
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from parallel import mesh as mesh_lib
 
 LogicalRules = Sequence[tuple[str, str | Sequence[str] | None]]
 
@@ -70,36 +75,11 @@ def logical_to_spec(names: Sequence[str | None], rules: LogicalRules | None = No
   return P(*spec)
 
 
-def state_sharding(tree, mesh: jax.sharding.Mesh, rules: LogicalRules | None = None):
-  """NamedSharding per leaf of an NNX state (abstract or concrete), from its names.
-
-  Variables keep their container so the result can serve as `jax.jit(...,
-  out_shardings=...)` for a function returning that state; leaves without logical
-  names (RNG keys, counters, plain arrays) are replicated.
-  """
-  def leaf_sharding(x):
-    if isinstance(x, nnx.Variable):
-      names = x.get_metadata().get("out_sharding")
-      shape = getattr(x.get_value(), "shape", ())
-      spec = logical_to_spec(names, rules, shape, mesh) if names else P()
-      return x.replace(NamedSharding(mesh, spec))
-    return NamedSharding(mesh, P())
-  return jax.tree.map(leaf_sharding, tree,
-                      is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def batch_sharding(mesh: jax.sharding.Mesh, rules: LogicalRules | None = None
-                   ) -> NamedSharding:
-  """Sharding of the [batch, length] input arrays: batch over ('data', 'fsdp')."""
-  rules = DEFAULT_RULES if rules is None else rules
-  return NamedSharding(mesh, logical_to_spec(("batch", "length"), rules, mesh=mesh))
-
-
 def with_logical_constraint(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding hint for an activation by logical names; a no-op outside a mesh.
 
-  The mesh comes from `jax.set_mesh` and the rules from `nnx.logical_axis_rules`
-  (DEFAULT_RULES if none is set); see `use_mesh`, which sets both.
+  The mesh and rules are those of the active `Partitioner` (`Partitioner.activate`);
+  DEFAULT_RULES under a bare `jax.set_mesh`.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
@@ -110,30 +90,101 @@ def with_logical_constraint(x: jax.Array, names: Sequence[str | None]) -> jax.Ar
   return jax.lax.with_sharding_constraint(x, spec)
 
 
-@contextlib.contextmanager
-def use_mesh(mesh: jax.sharding.Mesh, rules: LogicalRules | None = None):
-  """Makes `mesh` and `rules` current for tracing model code (jit traces inside)."""
-  rules = DEFAULT_RULES if rules is None else normalize_rules(rules)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    yield
+@dataclasses.dataclass(frozen=True)
+class Partitioner:
+  """The sharding policy of a run: a device mesh and the logical-axis rules onto it.
 
-
-def create_sharded_model(make_model: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
-                         rules: LogicalRules | None = None) -> nnx.Module:
-  """Builds `make_model()` with each parameter created directly in its shard.
-
-  The initializer runs under `jax.jit` with `out_shardings` from the logical names,
-  so no device ever holds the whole model. `make_model` must create its own
-  `nnx.Rngs` (e.g. `lambda: Transformer(cfg, rngs=nnx.Rngs(seed))`).
+  One object travels through training, evaluation and inference; `activate()` (and
+  every function compiled with `jit`) makes both current, so parameters, batches and
+  activation constraints can never be laid out by two different tables.
   """
-  rules = DEFAULT_RULES if rules is None else normalize_rules(rules)
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
-  shardings = state_sharding(abstract_state, mesh, rules)
+  mesh: jax.sharding.Mesh
+  rules: tuple = DEFAULT_RULES
 
-  @functools.partial(jax.jit, out_shardings=shardings)
-  def init():
-    return nnx.split(make_model())[1]
+  def __post_init__(self):
+    object.__setattr__(self, "rules", normalize_rules(self.rules))
 
-  with use_mesh(mesh, rules):
-    state = init()
-  return nnx.merge(graphdef, state)
+  @classmethod
+  def from_config(cls, config, devices=None) -> "Partitioner":
+    """From `config.mesh_shape` and `config.logical_axis_rules`."""
+    return cls(mesh_lib.create_mesh(config.mesh_shape, devices),
+               config.logical_axis_rules)
+
+  @contextlib.contextmanager
+  def activate(self):
+    """Makes the mesh (`jax.set_mesh`) and the rules current, for tracing model code."""
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+      yield
+
+  def jit(self, fn: Callable, **jit_kwargs) -> Callable:
+    """`jax.jit(fn, **jit_kwargs)` that always traces and runs under `activate()`."""
+    jitted = jax.jit(fn, **jit_kwargs)
+
+    def call(*args, **kwargs):
+      with self.activate():
+        return jitted(*args, **kwargs)
+    call.jitted = jitted  # The jax.jit object itself, e.g. for `.lower(...)`.
+    return call
+
+  def spec(self, names: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
+    """PartitionSpec of an array with logical axis `names` (see `logical_to_spec`)."""
+    return logical_to_spec(names, self.rules, shape, self.mesh)
+
+  def sharding(self, names: Sequence[str | None],
+               shape: Sequence[int] | None = None) -> NamedSharding:
+    return NamedSharding(self.mesh, self.spec(names, shape))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def batch_sharding(self, shape: Sequence[int] | None = None) -> NamedSharding:
+    """Input arrays [batch, length]: rows over ('data', 'fsdp') as far as they divide."""
+    return self.sharding(("batch", "length"), shape)
+
+  def state_shardings(self, tree: Any):
+    """NamedSharding per leaf of an NNX state (abstract or concrete), from its names.
+
+    Variables keep their container so the result can serve as `jax.jit(...,
+    out_shardings=...)` for a function returning that state; leaves without logical
+    names are replicated.
+    """
+    def leaf_sharding(x):
+      if isinstance(x, nnx.Variable):
+        names = x.get_metadata().get("out_sharding")
+        shape = getattr(x.get_value(), "shape", ())
+        return x.replace(self.sharding(names, shape) if names else self.replicated)
+      return self.replicated
+    return jax.tree.map(leaf_sharding, tree,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+  def abstract_params(self, make_model: Callable[[], nnx.Module]
+                      ) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, params as ShapeDtypeStructs carrying their shardings), no allocation.
+
+    The one place shapes and shardings come from: train-state creation, params-only
+    restore, checkpoint averaging and the tests all start here. `make_model` builds
+    the model with its own `nnx.Rngs`; a model whose state holds anything but
+    `nnx.Param` (e.g. RNG streams kept by a layer) is an error.
+    """
+    graphdef, params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    return graphdef, jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        params, self.state_shardings(params))
+
+  def init_params(self, make_model: Callable[[], nnx.Module]
+                  ) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, params) with each parameter created directly in its own shard.
+
+    The initializer runs under `jax.jit` with `out_shardings` from the logical names,
+    so no device ever holds the whole model.
+    """
+    graphdef, abstract = self.abstract_params(make_model)
+    init = self.jit(lambda: nnx.split(make_model(), nnx.Param)[1],
+                    out_shardings=shardings_of(abstract))
+    return graphdef, init()
+
+
+def shardings_of(abstract: Any):
+  """The `.sharding` of every leaf of a tree of arrays or ShapeDtypeStructs."""
+  return jax.tree.map(lambda x: x.sharding, abstract)

@@ -16,11 +16,59 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"nmt-jax-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import pathlib
+# The project's modules come after the flags above: jax reads them on first import.
+import pathlib  # pylint: disable=wrong-import-position
 
-import pytest
+import pytest  # pylint: disable=wrong-import-position
+
+from configs import smoke  # pylint: disable=wrong-import-position
+from data import pipeline  # pylint: disable=wrong-import-position
+from data import prepare  # pylint: disable=wrong-import-position
+from data import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
+from models import transformer  # pylint: disable=wrong-import-position
+from parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position
+from parallel.sharding import Partitioner  # pylint: disable=wrong-import-position
+import train  # pylint: disable=wrong-import-position
+from training import optimizer as optimizer_lib  # pylint: disable=wrong-import-position
+from training import trainer  # pylint: disable=wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class Run:
+  """A smoke-config model, its optimizer and its jitted steps on one mesh."""
+
+  def __init__(self, prepared, mesh_shape, devices=None, **overrides):
+    config, _, _, tokenizer = prepared
+    self.config = config = config.copy_and_resolve_references()
+    config.update_from_flattened_dict(overrides)
+    self.partitioner = Partitioner(mesh_lib.create_mesh(mesh_shape, devices),
+                                   config.logical_axis_rules)
+    model_cfg = transformer.TransformerConfig.from_config(
+        config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer_lib.PAD_ID)
+    self.tx = optimizer_lib.create_optimizer(config)
+    self.initial = trainer.create_train_state(model_cfg, self.tx, self.partitioner,
+                                              config.seed)
+    self.state = self.initial.state
+    self.train_step, self.eval_step = trainer.compile_steps(
+        config, self.initial, self.tx, self.partitioner)
+
+  def train(self, batches) -> list[float]:
+    losses = []
+    for batch in batches:
+      self.state, metrics = self.train_step(
+          self.state, pipeline.make_global(batch, self.partitioner.batch_sharding()))
+      losses.append(float(metrics["loss"]))
+    return losses
+
+
+def train_in(config, workdir, prepared) -> dict:
+  """train.py's wiring in-process: `trainer.run` with the session's data and BLEU."""
+  _, _, sources, tokenizer = prepared
+  partitioner = Partitioner.from_config(config)
+  return trainer.run(config, str(workdir), partitioner, sources, tokenizer,
+                     evaluators=train.validation_bleu(config, sources["validation"],
+                                                      tokenizer, partitioner))
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +83,6 @@ def multi30k_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def smoke_config(multi30k_dir, tmp_path_factory):
   """configs/smoke.py reading Multi30k from the manual dir into a per-session TFDS dir."""
-  from configs import smoke  # pylint: disable=import-outside-toplevel
   config = smoke.get_config()
   config.data.manual_dir = str(multi30k_dir)
   config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
@@ -45,7 +92,6 @@ def smoke_config(multi30k_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared(smoke_config, tmp_path_factory):
   """(config, workdir, {split: source}, tokenizer) with Multi30k built and spm trained."""
-  from data import prepare  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp("workdir")
   sources, tokenizer = prepare.prepare(smoke_config, str(workdir))
   return smoke_config, workdir, sources, tokenizer
@@ -54,7 +100,6 @@ def prepared(smoke_config, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_workdir(prepared, tmp_path_factory):
   """A workdir after 4 smoke training steps: checkpoints at steps 2 and 4, BLEU at 4."""
-  from training import trainer  # pylint: disable=import-outside-toplevel
   config, tokenizer_dir, _, _ = prepared
   config = config.copy_and_resolve_references()
   config.num_train_steps = 4
@@ -63,5 +108,5 @@ def trained_workdir(prepared, tmp_path_factory):
   config.eval_bleu_sentences = 8  # with BLEU on a few validation sentences.
   workdir = tmp_path_factory.mktemp("trained")
   (workdir / "spm.model").write_bytes((tokenizer_dir / "spm.model").read_bytes())
-  trainer.run(config, str(workdir))
+  train_in(config, workdir, prepared)
   return workdir

@@ -2,7 +2,7 @@
 invariance, no recompiles for new alpha/max lengths, forced length, n-best, early stop.
 
 References below score with full teacher-forced forward passes, never with the
-incremental decoder, so they also check `decoding._decode_step` against the model.
+incremental decoder, so they also check `Transformer.decode_step` against the model.
 """
 import itertools
 
@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from data.tokenizer import EOS_ID as EOS
+from data.tokenizer import PAD_ID
 from models import Transformer, TransformerConfig, decoding
 from parallel import mesh as mesh_lib
-from parallel import sharding
+from parallel.sharding import Partitioner
 
-VOCAB, EOS = 32, 1
+VOCAB = 32
+FIRST_WORD = max(PAD_ID, EOS) + 1  # The lowest id that is neither pad nor EOS.
 MAX_DECODE_LEN = 12
 TOL = 1e-5  # fp32 scores: incremental decoding vs full forward passes.
 FILL = 2  # Teacher forcing needs a non-pad target at every position it predicts.
@@ -24,9 +27,14 @@ FILL = 2  # Teacher forcing needs a non-pad target at every position it predicts
 
 def tiny_model(vocab_size: int = VOCAB, seed: int = 0, **overrides) -> Transformer:
   return Transformer(TransformerConfig(
-      vocab_size=vocab_size, emb_dim=32, num_heads=4, num_encoder_layers=2,
+      vocab_size=vocab_size, pad_id=PAD_ID, emb_dim=32, num_heads=4, num_encoder_layers=2,
       num_decoder_layers=2, qkv_dim=32, mlp_dim=64, max_len=64, **overrides),
                      rngs=nnx.Rngs(seed))
+
+
+def beam_search(*args, **kwargs) -> decoding.Decoded:
+  """The jitted search without a mesh, with the tokenizer's EOS."""
+  return decoding.beam_search_jit(*args, eos_id=EOS, **kwargs)
 
 
 # One jitted forward; equal shapes reuse its compilation.
@@ -55,7 +63,8 @@ def greedy_reference(graphdef, params, inputs, max_lens):
     for i, seq in enumerate(seqs):
       if len(seq) == max_lens[i] or (seq and seq[-1] == EOS):
         continue
-      token = 1 + int(np.argmax(logp[i, 1:]))
+      token = int(np.argmax(np.where(np.arange(len(logp[i])) == PAD_ID, -np.inf,
+                                     logp[i])))
       seq.append(token)
       logp_sums[i] += logp[i, token]
       targets[i, t] = token
@@ -87,7 +96,7 @@ def beam_reference(graphdef, params, src, beam, alpha, max_len):
 def as_lists(out: decoding.Decoded, row: int) -> list[tuple[float, tuple[int, ...]]]:
   """A sentence's n-best as [(score, tokens)], checking lengths match the tokens."""
   tokens, lengths = np.asarray(out.tokens[row]), np.asarray(out.lengths[row])
-  np.testing.assert_array_equal(lengths, (tokens != 0).sum(-1))
+  np.testing.assert_array_equal(lengths, (tokens != PAD_ID).sum(-1))
   return [(float(s), tuple(int(x) for x in tok[:n]))
           for s, tok, n in zip(np.asarray(out.scores[row]), tokens, lengths)]
 
@@ -100,9 +109,9 @@ def assert_same_nbest(got, expected):
 def sources(seed: int, lengths, width: int) -> np.ndarray:
   """Rows of random ids (no pad, no EOS) with the given lengths, 0-padded to width."""
   rng = np.random.RandomState(seed)
-  out = np.zeros((len(lengths), width), np.int32)
+  out = np.full((len(lengths), width), PAD_ID, np.int32)
   for i, n in enumerate(lengths):
-    out[i, :n] = rng.randint(2, VOCAB, n)
+    out[i, :n] = rng.randint(FIRST_WORD, VOCAB, n)
   return out
 
 
@@ -132,7 +141,7 @@ def eos_params(parts):
 @pytest.fixture(scope="module")
 def alone(parts):
   graphdef, params = parts
-  return decoding.beam_search_jit(graphdef, params, SENTENCE[None], ALPHA, A, B, **search)
+  return beam_search(graphdef, params, SENTENCE[None], ALPHA, A, B, **search)
 
 
 def test_exhaustive_search_matches_brute_force():
@@ -144,18 +153,18 @@ def test_exhaustive_search_matches_brute_force():
   """
   graphdef, params = nnx.split(tiny_model(vocab_size=6, seed=1))
   src = np.array([[3, 5, 2, 4, 4]], np.int32)
-  words, max_len = range(2, 6), 4
+  words, max_len = range(FIRST_WORD, 6), 4
   seqs = [w + (EOS,) for n in range(max_len) for w in itertools.product(words, repeat=n)]
   seqs += list(itertools.product(words, repeat=max_len))
   assert len(seqs) == 341
-  targets = np.zeros((len(seqs), max_len), np.int32)
+  targets = np.full((len(seqs), max_len), PAD_ID, np.int32)
   for i, seq in enumerate(seqs):
     targets[i, :len(seq)] = seq
   logp = log_probs(graphdef, params, np.repeat(src, len(seqs), 0), targets)
   sums = [sum(logp[i, t, w] for t, w in enumerate(seq)) for i, seq in enumerate(seqs)]
   for alpha in (0.0, 1.0):
     expected = sorted((s / penalty(len(seq), alpha), seq) for s, seq in zip(sums, seqs))
-    out = decoding.beam_search_jit(graphdef, params, src, alpha, 0.0, float(max_len),
+    out = beam_search(graphdef, params, src, alpha, 0.0, float(max_len),
                                    beam_size=80, nbest=5, max_decode_len=max_len)
     assert_same_nbest(as_lists(out, 0), expected[::-1][:5])
 
@@ -167,7 +176,7 @@ def test_beam_1_is_greedy(parts, eos_params):
   inputs = sources(2, [6, 2, 9], 9)
   max_lens = [8, 4, 11]
   for p in (params, eos_params):
-    out = decoding.beam_search_jit(graphdef, p, inputs, 1.0, A, B, beam_size=1,
+    out = beam_search(graphdef, p, inputs, 1.0, A, B, beam_size=1,
                                    max_decode_len=MAX_DECODE_LEN)
     seqs, logp_sums = greedy_reference(graphdef, p, inputs, max_lens)
     for i, seq in enumerate(seqs):
@@ -183,10 +192,10 @@ def test_beam_matches_reference_search(parts, alone):
 
 
 def test_post_ln_unshared_embeddings_match_reference_search():
-  """The decoder wiring in `decoding._decode_step` for the other block layout."""
+  """The decoder wiring in `Transformer.decode_step` for the other block layout."""
   graphdef, params = nnx.split(tiny_model(seed=2, pre_layer_norm=False,
                                           share_embeddings=False))
-  out = decoding.beam_search_jit(graphdef, params, SENTENCE[None], ALPHA, A, B, **search)
+  out = beam_search(graphdef, params, SENTENCE[None], ALPHA, A, B, **search)
   assert_same_nbest(as_lists(out, 0),
                     beam_reference(graphdef, params, SENTENCE, BEAM, ALPHA, max_len=8))
 
@@ -197,26 +206,40 @@ def test_independent_of_batch_mates_padding_and_mesh(parts, alone):
   # Row 1 of 3: padded to 9, a longer (later-stopping) and a shorter neighbour.
   batch = np.concatenate([NEIGHBOURS[:1, :9], np.pad(SENTENCE, (0, 3))[None],
                           NEIGHBOURS[1:2, :9]])
-  out = decoding.beam_search_jit(graphdef, params, batch, ALPHA, A, B, **search)
+  out = beam_search(graphdef, params, batch, ALPHA, A, B, **search)
   assert_same_nbest(as_lists(out, 1), expected)
   assert int(out.steps) > int(alone.steps) == 8  # The loop ran on for the neighbour.
 
   # Batch 8 sharded over ('data', 'fsdp') = (4, 2), parameters FSDP-sharded; row 5.
-  mesh = mesh_lib.create_mesh((4, 2, 1))
+  partitioner = Partitioner(mesh_lib.create_mesh((4, 2, 1)))
   batch = np.insert(NEIGHBOURS, 5, np.pad(SENTENCE, (0, 5)), axis=0)
-  with sharding.use_mesh(mesh):
-    sharded_params = jax.device_put(params, sharding.state_sharding(params, mesh))
-    inputs = jax.device_put(batch, sharding.batch_sharding(mesh))
-    out = decoding.beam_search_jit(graphdef, sharded_params, inputs, ALPHA, A, B,
-                                   **search)
+  sharded_params = jax.device_put(params, partitioner.state_shardings(params))
+  inputs = jax.device_put(batch, partitioner.batch_sharding())
+  out = decoding.jit_beam_search(partitioner)(graphdef, sharded_params, inputs, ALPHA,
+                                              A, B, eos_id=EOS, **search)
   assert out.tokens.sharding.spec[0] == ("data", "fsdp")
   assert_same_nbest(as_lists(out, 5), expected)
+
+
+def test_decodes_under_the_partitioners_own_rules(parts, alone):
+  """A config's non-default rules reach the search: here the batch goes over
+  'tensor', which DEFAULT_RULES keeps for heads, and the result is unchanged."""
+  graphdef, params = parts
+  rules = (("batch", "tensor"), ("heads", None), ("mlp", None), ("vocab", None))
+  partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 8)), rules)
+  batch = np.insert(NEIGHBOURS, 5, np.pad(SENTENCE, (0, 5)), axis=0)
+  inputs = jax.device_put(batch, partitioner.batch_sharding())
+  assert inputs.sharding.spec[0] == "tensor"
+  out = decoding.jit_beam_search(partitioner)(graphdef, params, inputs, ALPHA, A, B,
+                                              eos_id=EOS, **search)
+  assert out.tokens.sharding.spec[0] == "tensor"
+  assert_same_nbest(as_lists(out, 5), as_lists(alone, 0))
 
 
 def test_new_alpha_and_max_lengths_do_not_recompile(parts, alone):
   graphdef, params = parts
   compiled = decoding.beam_search_jit._cache_size()
-  outs = [decoding.beam_search_jit(graphdef, params, SENTENCE[None], alpha, a, b,
+  outs = [beam_search(graphdef, params, SENTENCE[None], alpha, a, b,
                                    **search)
           for alpha, a, b in [(0.0, A, B), (2.0, A, B), (ALPHA, 0.5, 1.0)]]
   assert decoding.beam_search_jit._cache_size() == compiled
@@ -231,7 +254,7 @@ def test_forced_len_and_nbest(parts, eos_params):
   sorted by score, each score the teacher-forced log-probability over penalty(7)."""
   graphdef, _ = parts
   inputs, forced = sources(3, [6, 2, 9], 9), 7
-  out = decoding.beam_search_jit(graphdef, eos_params, inputs, ALPHA, A, B,
+  out = beam_search(graphdef, eos_params, inputs, ALPHA, A, B,
                                  forced_len=forced, **search)
   assert int(out.steps) == forced
   tokens = np.asarray(out.tokens)  # [3, 4, 12]
@@ -252,7 +275,7 @@ def test_early_stop(parts, eos_params):
   """EOS-biased model: the loop ends long before the max length (8) with the same
   n-best as the reference search that runs to the max length."""
   graphdef, _ = parts
-  out = decoding.beam_search_jit(graphdef, eos_params, SENTENCE[None], 1.0, A, B,
+  out = beam_search(graphdef, eos_params, SENTENCE[None], 1.0, A, B,
                                  **search)
   assert int(out.steps) <= 4
   got = as_lists(out, 0)
@@ -278,8 +301,8 @@ def test_bad_arguments(parts):
   graphdef, params = parts
   args = (graphdef, params, SENTENCE[None], ALPHA, A, B)
   with pytest.raises(ValueError, match="nbest"):
-    decoding.beam_search(*args, beam_size=2, nbest=3, max_decode_len=4)
+    decoding.beam_search(*args, eos_id=EOS, beam_size=2, nbest=3, max_decode_len=4)
   with pytest.raises(ValueError, match="forced_len"):
-    decoding.beam_search(*args, beam_size=2, max_decode_len=4, forced_len=5)
+    decoding.beam_search(*args, eos_id=EOS, beam_size=2, max_decode_len=4, forced_len=5)
   with pytest.raises(ValueError, match="max_len"):
-    decoding.beam_search(*args, beam_size=2, max_decode_len=65)
+    decoding.beam_search(*args, eos_id=EOS, beam_size=2, max_decode_len=65)

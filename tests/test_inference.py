@@ -14,8 +14,13 @@ from inference import evaluate
 from inference import restore
 from inference import translate
 from parallel import mesh as mesh_lib
+from parallel.sharding import Partitioner
+from storage import layout
+from tests.conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+
+def _partitioner() -> Partitioner:
+  return Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
 
 
 def _leaves(tree):
@@ -23,7 +28,7 @@ def _leaves(tree):
 
 
 def test_params_only_restore_needs_no_optimizer_state(trained_workdir, tmp_path):
-  mesh = mesh_lib.create_mesh((-1, 1, 1))
+  mesh = _partitioner()
   expected = restore.restore_params(str(trained_workdir), mesh).params
   workdir = tmp_path / "copy"
   shutil.copytree(trained_workdir, workdir)
@@ -41,7 +46,7 @@ def test_params_only_restore_needs_no_optimizer_state(trained_workdir, tmp_path)
 def test_averaging_two_checkpoints_is_the_elementwise_mean(trained_workdir, tmp_path):
   workdir = tmp_path / "copy"
   shutil.copytree(trained_workdir, workdir)
-  mesh = mesh_lib.create_mesh((-1, 1, 1))
+  mesh = _partitioner()
   step2, step4 = (restore.restore_params(str(workdir), mesh, step=s).params
                   for s in (2, 4))
   output = restore.average_checkpoints(str(workdir), mesh, last_n=2)
@@ -55,20 +60,20 @@ def test_averaging_two_checkpoints_is_the_elementwise_mean(trained_workdir, tmp_
 def test_recipe_end_averages_what_there_is_and_scores_again(trained_workdir, tmp_path):
   workdir = tmp_path / "copy"
   shutil.copytree(trained_workdir, workdir)
-  mesh = mesh_lib.create_mesh((-1, 1, 1))
   for _ in range(2):  # A rerun rewrites the averaged checkpoint and the scores.
-    [result] = evaluate.evaluate_run(str(workdir), mesh, splits=["validation"],
-                                     average_last=3, beam_size=1, alpha=0.6)
+    [result] = evaluate.evaluate_run(
+        str(workdir), _partitioner(), splits=["validation"], average_last=3,
+        settings=translate.DecodeSettings(beam_size=1))
   assert result["averaged_checkpoints"] == 2  # Only checkpoints 2 and 4 exist.
   assert json.loads((workdir / "results.json").read_text()) == [result]
   hypotheses = pathlib.Path(result["hypotheses"]).read_text().split("\n")
   assert len(hypotheses) - 1 == result["sentences"] == 1014
-  assert restore.checkpoint_steps(str(workdir / "averaged_last2")) == [4]
+  assert layout.checkpoint_steps(workdir / "averaged_last2") == [4]
 
 
 def test_missing_checkpoint_names_the_workdir(tmp_path):
   with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*train.py"):
-    restore.restore_params(str(tmp_path), mesh_lib.create_mesh((-1, 1, 1)))
+    restore.restore_params(str(tmp_path), _partitioner())
 
 
 def _infer(*args, stdin=None):

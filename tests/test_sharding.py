@@ -8,11 +8,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from models import Transformer, TransformerConfig
+from data.tokenizer import PAD_ID
+from models import TransformerConfig
 from parallel import mesh as mesh_lib
 from parallel import sharding
+from parallel.sharding import Partitioner
 
-CFG = TransformerConfig(vocab_size=64, emb_dim=32, num_heads=4, num_encoder_layers=2,
+CFG = TransformerConfig(vocab_size=64, pad_id=PAD_ID, emb_dim=32, num_heads=4, num_encoder_layers=2,
                         num_decoder_layers=2, qkv_dim=32, mlp_dim=64, max_len=64)
 
 
@@ -71,7 +73,7 @@ def test_rules_resolution():
   from_json = json.loads(json.dumps(rules))
   assert sharding.logical_to_spec(("batch", "embed"), from_json) == P(("data", "fsdp"),
                                                                       None)
-  assert sharding.batch_sharding(mesh).spec == P(("data", "fsdp"), None)
+  assert Partitioner(mesh).batch_sharding().spec == P(("data", "fsdp"), None)
 
 
 def test_activation_constraint():
@@ -80,25 +82,31 @@ def test_activation_constraint():
   assert sharding.with_logical_constraint(x, ("batch", "length", "embed")) is x
   constrain = jax.jit(lambda x: sharding.with_logical_constraint(x, ("batch", "length",
                                                                      "mlp")))
-  with sharding.use_mesh(mesh_lib.create_mesh((2, 2, 2))):
+  with Partitioner(mesh_lib.create_mesh((2, 2, 2))).activate():
     assert spec_of(constrain(x)) == (("data", "fsdp"), None, "tensor")
+  # Other rules, the same model code: the partitioner's table is the one applied.
+  rules = (("batch", "tensor"), ("mlp", "data"))
+  constrain_under = Partitioner(mesh_lib.create_mesh((2, 2, 2)), rules).jit(
+      lambda x: sharding.with_logical_constraint(x, ("batch", "length", "mlp")))
+  assert spec_of(constrain_under(x)) == ("tensor", None, "data")
 
 
 _MODELS = {}
 
 
-def sharded_model(mesh_shape) -> tuple[jax.sharding.Mesh, Transformer]:
+def sharded_model(mesh_shape) -> tuple[Partitioner, nnx.GraphDef, nnx.State]:
   """The tiny model initialised straight onto a mesh; built once per mesh shape."""
   if mesh_shape not in _MODELS:
-    mesh = mesh_lib.create_mesh(mesh_shape)
-    _MODELS[mesh_shape] = mesh, sharding.create_sharded_model(
-        lambda: Transformer(CFG, rngs=nnx.Rngs(0)), mesh)
+    partitioner = Partitioner(mesh_lib.create_mesh(mesh_shape))
+    _MODELS[mesh_shape] = (partitioner,
+                           *partitioner.init_params(CFG.make_model()))
   return _MODELS[mesh_shape]
 
 
 @pytest.mark.parametrize("mesh_shape", [(4, 2, 1), (2, 2, 2)])
 def test_param_shardings_follow_rules(mesh_shape):
-  mesh, model = sharded_model(mesh_shape)
+  partitioner, _, state = sharded_model(mesh_shape)
+  mesh = partitioner.mesh
   expected = {  # Written out from DEFAULT_RULES.
       ("embed", "embedding"): ("tensor", "fsdp"),
       ("encoder_layers", 0, "attn", "query", "kernel"): ("fsdp", "tensor", None),
@@ -110,7 +118,7 @@ def test_param_shardings_follow_rules(mesh_shape):
       ("decoder_layers", 1, "mlp", "wo", "kernel"): ("tensor", "fsdp"),
       ("decoder_norm", "scale"): ("fsdp",),
   }
-  params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  params = dict(nnx.to_flat_state(state))
   for path, spec in expected.items():
     array = params[path].get_value()
     assert spec_of(array) == spec, path
@@ -118,7 +126,7 @@ def test_param_shardings_follow_rules(mesh_shape):
   # Every parameter is sharded as its own logical names say.
   for path, var in params.items():
     names = var.get_metadata()["out_sharding"]
-    want = sharding.logical_to_spec(names, shape=var.get_value().shape, mesh=mesh)
+    want = partitioner.spec(names, var.get_value().shape)
     want = tuple(want) + (None,) * (len(names) - len(want))
     assert spec_of(var.get_value()) == want, path
   # Shards really are split: the embedding is [64/tensor, 32/fsdp] per device.
@@ -127,16 +135,15 @@ def test_param_shardings_follow_rules(mesh_shape):
 
 
 def test_sharded_forward_matches_single_device():
-  mesh, model = sharded_model((2, 2, 2))
-  graphdef, state = nnx.split(model)
+  partitioner, graphdef, state = sharded_model((2, 2, 2))
   rng = np.random.RandomState(0)
   inputs = rng.randint(2, 64, (8, 7)).astype(np.int32)
   targets = rng.randint(2, 64, (8, 5)).astype(np.int32)
   forward = jax.jit(lambda state, x, y: nnx.merge(graphdef, state)(x, y))
   expected = forward(jax.device_get(state), inputs, targets)  # Same weights, one device.
 
-  data = sharding.batch_sharding(mesh)
-  with sharding.use_mesh(mesh):
+  data = partitioner.batch_sharding()
+  with partitioner.activate():
     logits = forward(state, jax.device_put(inputs, data), jax.device_put(targets, data))
   # The logits constraint ('batch', 'length', 'vocab') held inside the program.
   assert spec_of(logits) == (("data", "fsdp"), None, "tensor")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from data import pipeline
-from tests.test_training import Run
+from tests.conftest import REPO, Run
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 300
+pytestmark = pytest.mark.slow  # train.py processes: minutes, not seconds.
 
 
 def _command(prepared, workdir, *overrides):
@@ -67,7 +67,7 @@ def test_sigkill_then_restart_continues_exactly(prepared, tmp_path):
   steps = ("--config.num_train_steps=8", "--config.checkpoint_every_steps=5")
   straight = _workdir(prepared, tmp_path / "straight")
   _run(_command(prepared, straight, *steps, "--config.final_eval_splits=('validation',)",
-                "--config.average_last_checkpoints=2", "--config.eval_beam_size=1"),
+                "--config.average_last_checkpoints=2", "--config.decode.beam_size=1"),
        tmp_path / "straight.log")
   # The recipe's end: checkpoints 5 and 8 averaged and scored on validation.
   [result] = json.loads((straight / "results.json").read_text())

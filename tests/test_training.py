@@ -5,12 +5,11 @@ import jax
 import numpy as np
 import pytest
 
+import jax.numpy as jnp
+
 from data import pipeline
-from models import transformer
-from parallel import mesh as mesh_lib
-from parallel import sharding
+from tests.conftest import Run, train_in
 from training import checkpoints
-from training import optimizer as optimizer_lib
 from training import steps
 from training import trainer
 
@@ -31,34 +30,6 @@ def _batches(prepared, n, source=None):
   return [next(it) for _ in range(n)]
 
 
-class Run:
-  """A smoke-config model and its jitted steps on one mesh."""
-
-  def __init__(self, prepared, mesh_shape, devices=None, **overrides):
-    config, _, _, tokenizer = prepared
-    self.config = config = config.copy_and_resolve_references()
-    config.update_from_flattened_dict(overrides)
-    self.mesh = mesh_lib.create_mesh(mesh_shape, devices)
-    self.rules = sharding.normalize_rules(config.logical_axis_rules)
-    self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
-    model_cfg = transformer.TransformerConfig.from_config(config.model,
-                                                          tokenizer.vocab_size)
-    self.tx = optimizer_lib.create_optimizer(config)
-    self.graphdef, self.rest, self.state, self.shardings = trainer.create_train_state(
-        model_cfg, self.tx, self.mesh, self.rules, config.seed)
-    self.train_step, self.eval_step = trainer.compile_steps(
-        config, self.graphdef, self.rest, self.tx, self.shardings, self.batch_sharding)
-
-  def train(self, batches):
-    losses = []
-    with sharding.use_mesh(self.mesh, self.rules):
-      for batch in batches:
-        self.state, metrics = self.train_step(
-            self.state, pipeline.make_global(batch, self.batch_sharding))
-        losses.append(float(metrics["loss"]))
-    return losses
-
-
 def _params(state):
   return [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
@@ -75,8 +46,8 @@ def test_sharded_steps_match_one_device(prepared, mesh_shape):
 
   # Parameters (and the Adam moments) are split as the rules table says.
   embedding = sharded.state.params["embed"]["embedding"].value
-  assert embedding.sharding.spec == sharding.logical_to_spec(
-      ("vocab", "embed"), sharded.rules, embedding.shape, sharded.mesh)
+  assert embedding.sharding.spec == sharded.partitioner.spec(("vocab", "embed"),
+                                                            embedding.shape)
   data, fsdp, tensor = mesh_shape
   rows = embedding.shape[0] // tensor
   assert embedding.sharding.shard_shape(embedding.shape) == (
@@ -96,12 +67,12 @@ def test_restore_onto_another_mesh_and_continue(prepared, tmp_path):
   expected = first.train(batches[2:])
 
   second = Run(prepared, (8, 1, 1))
-  abstract = checkpoints.abstract_like(second.state)
   restored, step = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2
-                                            ).restore_latest(abstract, data_iter)
+                                            ).restore_latest(second.initial.abstract,
+                                                             data_iter)
   assert step == 2 and int(restored.step) == 2
   embedding = restored.params["embed"]["embedding"].value
-  assert embedding.sharding.mesh.shape == second.mesh.shape
+  assert embedding.sharding.mesh.shape == second.partitioner.mesh.shape
   second.state = restored
   np.testing.assert_allclose(second.train(batches[2:]), expected, rtol=RTOL)
 
@@ -116,9 +87,9 @@ def test_unreadable_latest_checkpoint_falls_back(prepared, tmp_path):
   for f in (tmp_path / "checkpoints/2/params").rglob("*"):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b"garbage")
-  abstract = checkpoints.abstract_like(run.state)
   restored, step = checkpoints.Checkpointer(str(tmp_path), max_to_keep=3
-                                            ).restore_latest(abstract, data_iter)
+                                            ).restore_latest(run.initial.abstract,
+                                                             data_iter)
   assert step == 1 and restored is not None
 
 
@@ -141,24 +112,38 @@ def test_label_smoothed_loss_is_zero_at_the_smoothed_target():
   assert float(worse) > 0.1
 
 
-def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path):
+def _nan_at(bad_step: int):
+  """A train step whose update at `state.step == bad_step` makes loss and params NaN."""
+  original = steps.train_step
+
+  def train_step(state, batch, **kwargs):
+    new_state, metrics = original(state, batch, **kwargs)
+    poison = lambda x: jnp.where(state.step == bad_step, jnp.nan, x)
+    metrics = {**metrics, "loss": poison(metrics["loss"])}
+    return new_state.replace(params=jax.tree.map(poison, new_state.params)), metrics
+  return train_step
+
+
+def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path,
+                                                      monkeypatch):
   config = prepared[0].copy_and_resolve_references()
   config.num_train_steps = 12
   config.checkpoint_every_steps = 5
   config.eval_every_steps = 100
-  config.inject_nan_at_step = 7  # The 8th step (state.step == 7) has a NaN loss.
+  # The 8th step (state.step == 7) diverges.
+  monkeypatch.setattr(steps, "train_step", _nan_at(7))
   workdir = tmp_path / "run"
   (workdir).mkdir()
   (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
   with pytest.raises(trainer.NonFiniteLossError, match="step 8.*checkpoint is step 5"):
-    trainer.run(config, str(workdir))
+    train_in(config, workdir, prepared)
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit()) == [5]
   run = Run(prepared, (8, 1, 1))
-  abstract = checkpoints.abstract_like(run.state)
   data_iter = _data_iter(prepared)
   restored, step = checkpoints.Checkpointer(str(workdir), max_to_keep=2
-                                            ).restore_latest(abstract, data_iter)
+                                            ).restore_latest(run.initial.abstract,
+                                                             data_iter)
   assert step == 5
   assert all(np.isfinite(p).all() for p in _params(restored))
 

@@ -2,7 +2,8 @@
 
 The model lives as (graphdef, params): the step merges them into a Transformer
 inside the trace, so the jitted function takes and returns plain pytrees and the
-train state can be donated, sharded and checkpointed as one tree.
+train state can be donated, sharded and checkpointed as one tree. The model keeps no
+other state: dropout keys come in at call time, derived from (seed, step).
 """
 from typing import Any
 
@@ -42,8 +43,8 @@ def _weights(batch):
   return (batch["targets_segment_ids"] > 0).astype(jnp.float32)
 
 
-def _forward(graphdef, params, rest, batch, *, deterministic: bool, rngs=None):
-  model = nnx.merge(graphdef, params, rest)
+def _forward(graphdef, params, batch, *, deterministic: bool, rngs=None):
+  model = nnx.merge(graphdef, params)
   return model(batch["inputs"], batch["targets"],
                inputs_segment_ids=batch["inputs_segment_ids"],
                targets_segment_ids=batch["targets_segment_ids"],
@@ -52,10 +53,9 @@ def _forward(graphdef, params, rest, batch, *, deterministic: bool, rngs=None):
                deterministic=deterministic, rngs=rngs)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, rest,
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,
                tx: optax.GradientTransformation, schedule, seed: int,
-               label_smoothing: float, inject_nan_at_step: int = -1
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               label_smoothing: float) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and scalar metrics.
 
   Dropout keys derive from (seed, step), so a resumed run draws the same masks.
@@ -64,13 +64,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, rest
   weights = _weights(batch)
 
   def loss_fn(params):
-    logits = _forward(graphdef, params, rest, batch, deterministic=False,
+    logits = _forward(graphdef, params, batch, deterministic=False,
                       rngs=nnx.Rngs(dropout=dropout_key))
     loss_sum, weight_sum = cross_entropy(logits, batch["targets"], weights,
                                          label_smoothing)
     loss = loss_sum / jnp.maximum(weight_sum, 1.0)  # Token-weighted mean.
-    if inject_nan_at_step >= 0:  # Test hook, resolved at trace time.
-      loss = jnp.where(state.step == inject_nan_at_step, jnp.nan, loss)
     return loss, logits
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -87,11 +85,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, rest
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: dict[str, jax.Array], *, graphdef, rest
+def eval_step(params, batch: dict[str, jax.Array], *, graphdef
               ) -> dict[str, jax.Array]:
   """Sums over a batch of unsmoothed loss, correct tokens and tokens."""
   weights = _weights(batch)
-  logits = _forward(graphdef, params, rest, batch, deterministic=True)
+  logits = _forward(graphdef, params, batch, deterministic=True)
   loss_sum, weight_sum = cross_entropy(logits, batch["targets"], weights)
   correct = ((logits.argmax(-1) == batch["targets"]) * weights).sum()
   return {"loss_sum": loss_sum, "correct": correct, "tokens": weight_sum}

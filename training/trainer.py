@@ -1,10 +1,17 @@
-"""The training loop: data, sharded state, jitted steps, evaluation, checkpoints, logs."""
+"""The training loop: sharded state, jitted steps, evaluation, checkpoints, logs.
+
+It decodes nothing itself: metrics beyond the validation loss (BLEU) come from
+`Evaluator`s that train.py passes in, so training never imports inference.
+"""
+from collections.abc import Iterator, Sequence
+import dataclasses
 import functools
 import json
 import signal
 import subprocess
 import sys
 import time
+from typing import Protocol
 
 from absl import logging
 from etils import epath
@@ -19,12 +26,11 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from data import pipeline
-from data import prepare
-from inference import bleu as bleu_lib
-from inference import translate
+from data import tokenizer as tokenizer_lib
 from models import transformer
-from parallel import mesh as mesh_lib
 from parallel import sharding
+from parallel.sharding import Partitioner
+from storage import layout
 from training import checkpoints
 from training import metrics as metrics_lib
 from training import optimizer as optimizer_lib
@@ -35,12 +41,42 @@ class NonFiniteLossError(RuntimeError):
   """Training diverged; the last checkpoint written holds finite parameters."""
 
 
+class Evaluator(Protocol):
+  """Metrics of the current parameters, e.g. validation BLEU (wired by train.py).
+
+  Called on every process at each evaluation; returns the same dict everywhere.
+  """
+
+  def __call__(self, graphdef: nnx.GraphDef, params: nnx.State) -> dict[str, float]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class InitialState:
+  """A fresh train state, created in its shards, with what compiling the steps needs."""
+  graphdef: nnx.GraphDef  # The Transformer's structure; merge with params.
+  state: steps.TrainState
+  # ShapeDtypeStructs with shardings: the restore target, and the steps' shardings.
+  abstract: steps.TrainState
+
+  @property
+  def shardings(self) -> steps.TrainState:
+    return sharding.shardings_of(self.abstract)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """This process's training batches and validation batches."""
+  train_iter: Iterator[dict[str, np.ndarray]]  # Endless; checkpointable (grain).
+  eval_batches: list[dict[str, np.ndarray]]  # One pass over its validation shard.
+
+
 def write_run_info(config, workdir: epath.Path) -> None:
   """config.json (resolved config) and run_info.json (git commit, library versions)."""
   if jax.process_index() != 0:
     return
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  layout.write_config(workdir, config)
   try:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                             text=True, check=True,
@@ -54,33 +90,49 @@ def write_run_info(config, workdir: epath.Path) -> None:
   (workdir / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
-def create_train_state(model_cfg, tx, mesh, rules, seed: int):
-  """Initialises (graphdef, rest, state) with every array created in its own shard.
+def create_train_state(model_cfg: transformer.TransformerConfig,
+                       tx: optax.GradientTransformation, partitioner: Partitioner,
+                       seed: int) -> InitialState:
+  """Initialises the train state with every array created directly in its own shard.
 
-  Returns the NNX graphdef, the non-parameter model state `rest` (RNG counters; the
-  steps pass their own dropout keys), the TrainState, and the TrainState's shardings.
+  Shapes and shardings start from `Partitioner.abstract_params`; the optimizer state
+  takes each parameter's sharding for the moments of that parameter.
   """
-  make_model = lambda: transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed))
-  graphdef, abstract_params, abstract_rest = nnx.split(
-      nnx.eval_shape(make_model), nnx.Param, ...)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  param_shardings = sharding.state_sharding(abstract_params, mesh, rules)
-  opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), param_shardings,
-      transform_non_params=lambda _: replicated)
-  state_shardings = steps.TrainState(step=replicated, params=param_shardings,
-                                     opt_state=opt_shardings)
-  rest_shardings = sharding.state_sharding(abstract_rest, mesh, rules)
+  make_model = model_cfg.make_model(seed)
+  graphdef, abstract_params = partitioner.abstract_params(make_model)
+  abstract_opt = optax.tree_map_params(
+      tx, lambda x, p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p.sharding),
+      jax.eval_shape(tx.init, abstract_params), abstract_params,
+      transform_non_params=lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=partitioner.replicated))
+  abstract = steps.TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioner.replicated),
+      params=abstract_params, opt_state=abstract_opt)
 
-  @functools.partial(jax.jit, out_shardings=(rest_shardings, state_shardings))
   def init():
-    _, params, rest = nnx.split(make_model(), nnx.Param, ...)
-    return rest, steps.TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                                  opt_state=tx.init(params))
+    params = nnx.split(make_model(), nnx.Param)[1]
+    return steps.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                            opt_state=tx.init(params))
+  state = partitioner.jit(init, out_shardings=sharding.shardings_of(abstract))()
+  return InitialState(graphdef=graphdef, state=state, abstract=abstract)
 
-  with sharding.use_mesh(mesh, rules):
-    rest, state = init()
-  return graphdef, rest, state, state_shardings
+
+def compile_steps(config, initial: InitialState, tx: optax.GradientTransformation,
+                  partitioner: Partitioner):
+  """The jitted train step (state donated) and eval step, with explicit shardings."""
+  batch_sharding = partitioner.batch_sharding()
+  train_step = partitioner.jit(
+      functools.partial(
+          steps.train_step, graphdef=initial.graphdef, tx=tx,
+          schedule=optimizer_lib.learning_rate_schedule(config.learning_rate,
+                                                        config.warmup_steps),
+          seed=config.seed, label_smoothing=config.label_smoothing),
+      in_shardings=(initial.shardings, batch_sharding),
+      out_shardings=(initial.shardings, None), donate_argnums=0)
+  eval_step = partitioner.jit(
+      functools.partial(steps.eval_step, graphdef=initial.graphdef),
+      in_shardings=(initial.shardings.params, batch_sharding))
+  return train_step, eval_step
 
 
 def evaluate(eval_fn, params, batches, batch_sharding) -> dict[str, float]:
@@ -115,21 +167,6 @@ class _Sigterm:
     self.received = True
 
 
-def validation_bleu(config, model_cfg, graphdef, rest, params, mesh, tokenizer,
-                    pairs) -> dict[str, float]:
-  """Beam-search translations of `pairs` scored as in inference/bleu.py."""
-  graphdef, state = nnx.split(nnx.merge(graphdef, params, rest))
-  decode = translate.make_decoder(
-      graphdef, state, mesh, beam_size=config.eval_beam_size, alpha=config.eval_alpha,
-      max_len_a=1.5, max_len_b=10.0, nbest=1, max_len=model_cfg.max_len)
-  sources, references = zip(*pairs)
-  hypotheses = translate.translate(sources, tokenizer, decode, max_len=model_cfg.max_len,
-                                   batch_tokens=config.batch_tokens)
-  scores = bleu_lib.score(hypotheses, references)
-  return {"bleu": scores["bleu_lc_tok"], "sacrebleu": scores["sacrebleu"],
-          "chrf": scores["chrf"]}
-
-
 def _check_finite(step: int, metrics: dict, checkpointer) -> None:
   if not all(np.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
     last = checkpointer.manager.latest_step()
@@ -140,34 +177,13 @@ def _check_finite(step: int, metrics: dict, checkpointer) -> None:
         " learning_rate, raise warmup_steps or check the data, then rerun to resume.")
 
 
-def compile_steps(config, graphdef, rest, tx, state_shardings, batch_sharding):
-  """The jitted train step (state donated) and eval step, with explicit shardings."""
-  train_step = jax.jit(
-      functools.partial(
-          steps.train_step, graphdef=graphdef, rest=rest, tx=tx,
-          schedule=optimizer_lib.learning_rate_schedule(config.learning_rate,
-                                                        config.warmup_steps),
-          seed=config.seed, label_smoothing=config.label_smoothing,
-          inject_nan_at_step=config.inject_nan_at_step),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, None), donate_argnums=0)
-  eval_step = jax.jit(functools.partial(steps.eval_step, graphdef=graphdef, rest=rest),
-                      in_shardings=(state_shardings.params, batch_sharding))
-  return train_step, eval_step
-
-
-def _input_pipelines(config, workdir: epath.Path, mesh, batch_sharding):
-  """(tokenizer, training iterator, list of this process's validation batches)."""
-  # Process 0 prepares the data (TFDS build, tokenizer) before the others read it.
-  if jax.process_index() == 0:
-    sources, tokenizer = prepare.prepare(config, str(workdir))
-  multihost_utils.sync_global_devices("data prepared")
-  if jax.process_index() != 0:
-    sources, tokenizer = prepare.prepare(config, str(workdir))
+def make_inputs(config, sources, tokenizer, partitioner: Partitioner) -> Inputs:
+  """This process's packed training iterator and validation batches."""
   data_cfg = config.data
   rows = pipeline.local_batch_size(
       config.batch_tokens, data_cfg.max_length, process_count=jax.process_count(),
-      num_batch_shards=batch_sharding.num_devices // mesh.shape["tensor"])
+      num_batch_shards=(partitioner.batch_sharding().num_devices
+                        // partitioner.mesh.shape["tensor"]))
   langs = {"source_lang": data_cfg.source_lang, "target_lang": data_cfg.target_lang}
   train_iter = iter(pipeline.train_dataset(
       sources["train"], tokenizer, batch_size=rows, max_length=data_cfg.max_length,
@@ -175,61 +191,47 @@ def _input_pipelines(config, workdir: epath.Path, mesh, batch_sharding):
   eval_batches = list(pipeline.eval_dataset(
       sources["validation"], tokenizer, batch_size=rows,
       max_length=data_cfg.eval_max_length, **langs))
-  # Sentence pairs translated for validation BLEU (every process decodes all).
-  validation = sources["validation"]
-  count = len(validation) if config.eval_bleu_sentences < 0 else min(
-      config.eval_bleu_sentences, len(validation))
-  bleu_pairs = [tuple(pipeline.decode_text(validation[i][lang])
-                      for lang in (data_cfg.source_lang, data_cfg.target_lang))
-                for i in range(count)]
-  return tokenizer, train_iter, eval_batches, bleu_pairs
+  return Inputs(train_iter=train_iter, eval_batches=eval_batches)
 
 
-def run(config, workdir: str) -> dict[str, float]:
+def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
+        evaluators: Sequence[Evaluator] = ()) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
+  `sources` ('train' and 'validation' data sources) and `tokenizer` come from
+  `data.prepare`; `evaluators` add metrics (e.g. BLEU) to each validation loss pass.
   Returns the last step reached (`step`) and the last validation metrics.
   """
   workdir = epath.Path(workdir)
   write_run_info(config, workdir)
-  mesh = mesh_lib.create_mesh(config.mesh_shape)
-  rules = sharding.normalize_rules(config.logical_axis_rules)
-  batch_sharding = sharding.batch_sharding(mesh, rules)
-  logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape),
+  logging.info("Mesh %s over %d devices, %d processes.", dict(partitioner.mesh.shape),
                jax.device_count(), jax.process_count())
-  tokenizer, train_iter, eval_batches, bleu_pairs = _input_pipelines(
-      config, workdir, mesh, batch_sharding)
-
-  # Model, optimizer, state (restored if a checkpoint exists).
-  model_cfg = transformer.TransformerConfig.from_config(config.model,
-                                                        tokenizer.vocab_size)
+  inputs = make_inputs(config, sources, tokenizer, partitioner)
+  model_cfg = transformer.TransformerConfig.from_config(
+      config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer_lib.PAD_ID)
   tx = optimizer_lib.create_optimizer(config)
-  graphdef, rest, state, state_shardings = create_train_state(
-      model_cfg, tx, mesh, rules, config.seed)
+  initial = create_train_state(model_cfg, tx, partitioner, config.seed)
   logging.info("Model: %s parameters.",
-               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
+               f"{transformer.count_params(initial.state.params):,}")
   checkpointer = checkpoints.Checkpointer(
       str(workdir), max_to_keep=config.max_checkpoints_to_keep)
-  restored, start_step = checkpointer.restore_latest(
-      checkpoints.abstract_like(state), train_iter)
-  if restored is not None:
-    state = restored
-  train_step, eval_step = compile_steps(config, graphdef, rest, tx, state_shardings,
-                                        batch_sharding)
+  restored, start_step = checkpointer.restore_latest(initial.abstract,
+                                                     inputs.train_iter)
+  state = initial.state if restored is None else restored
+  train_step, eval_step = compile_steps(config, initial, tx, partitioner)
+  batch_sharding = partitioner.batch_sharding()
 
   def evaluate_now(params) -> dict[str, float]:
-    result = evaluate(eval_step, params, eval_batches, batch_sharding)
-    if bleu_pairs:
-      result.update(validation_bleu(config, model_cfg, graphdef, rest, params, mesh,
-                                    tokenizer, bleu_pairs))
+    result = evaluate(eval_step, params, inputs.eval_batches, batch_sharding)
+    for evaluator in evaluators:
+      result.update(evaluator(initial.graphdef, params))
     return result
 
   writer = metrics_lib.MetricWriter(str(workdir))
   try:
-    with sharding.use_mesh(mesh, rules):
-      last_eval = _train_loop(config, workdir, state, start_step, train_iter,
-                              batch_sharding, train_step, evaluate_now, checkpointer,
-                              writer)
+    last_eval = _train_loop(config, workdir, state, start_step, inputs.train_iter,
+                            batch_sharding, train_step, evaluate_now, checkpointer,
+                            writer)
   finally:  # A pending async save completes even when training stops on an error.
     checkpointer.close()
     writer.close()

@@ -1,0 +1,1 @@
+"""What a training workdir holds on disk; shared by training and inference."""

@@ -1,0 +1,95 @@
+"""The layout of a training workdir, the one contract between training and inference.
+
+  WORKDIR/config.json                   the resolved config of the run
+  WORKDIR/spm.model                     the tokenizer
+  WORKDIR/checkpoints/<step>/params     model parameters alone (sharded, orbax)
+                            /optimizer  step and optimizer state
+                            /data       every process's grain iterator state
+  WORKDIR/averaged_last<N>/<step>/params  mean of the last N checkpoints' parameters
+
+Training writes all of it (training/checkpoints.py adds the optimizer and data items);
+inference reads `params` alone, so it needs neither the optimizer nor grain. This module
+imports neither training nor inference code.
+"""
+import json
+import os
+
+from etils import epath
+import ml_collections
+import orbax.checkpoint as ocp
+
+from data import tokenizer as tokenizer_lib
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+TOKENIZER_FILE = tokenizer_lib.MODEL_FILENAME
+# Items of a checkpoint step.
+PARAMS = "params"
+OPTIMIZER = "optimizer"
+DATA = "data"
+
+
+def absolute(path) -> epath.Path:
+  """A local path made absolute (orbax rejects relative ones); gs:// paths as they are."""
+  path = str(path)
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+  return absolute(workdir) / CHECKPOINT_DIR
+
+
+def averaged_dir(workdir, count: int) -> epath.Path:
+  """Where the mean of the last `count` checkpoints goes (`infer.py --mode=average`)."""
+  return absolute(workdir) / f"averaged_last{count}"
+
+
+def read_config(workdir) -> ml_collections.ConfigDict:
+  """The resolved config that `train.py` wrote to WORKDIR/config.json."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(
+        f"{path} not found: {workdir} is not a training workdir. Train one with"
+        f" `python train.py --config=configs/default.py --workdir={workdir}`.")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def write_config(workdir, config) -> None:
+  (epath.Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+
+
+def load_tokenizer(workdir) -> tokenizer_lib.Tokenizer:
+  return tokenizer_lib.Tokenizer.load(epath.Path(workdir) / TOKENIZER_FILE)
+
+
+def _read_only(directory) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(absolute(directory),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def checkpoint_steps(directory) -> list[int]:
+  """The steps saved in a checkpoint directory, oldest first ([] if there is none)."""
+  directory = absolute(directory)
+  return sorted(_read_only(directory).all_steps()) if directory.exists() else []
+
+
+def restore_params(directory, step: int, abstract_params):
+  """The `params` item of `step`, laid out as `abstract_params` says.
+
+  `abstract_params` is a tree of `jax.ShapeDtypeStruct` with shardings (from
+  `Partitioner.abstract_params`): orbax reads each shard onto its device, so a
+  checkpoint written on one mesh restores onto another.
+  """
+  return _read_only(directory).restore(step, args=ocp.args.Composite(
+      **{PARAMS: ocp.args.StandardRestore(abstract_params)}))[PARAMS]
+
+
+def save_params(directory, step: int, params) -> None:
+  """Writes a params-only checkpoint, replacing one of the same step."""
+  manager = ocp.CheckpointManager(absolute(directory), options=(
+      ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)))
+  if step in manager.all_steps():
+    manager.delete(step)
+  manager.save(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardSave(params)}),
+               force=True)
+  manager.close()
