@@ -9,7 +9,7 @@ WORKDIR ?= workdir/default
 MULTI30K_DIR ?= $(abspath $(wildcard ../shared/data/multi30k))
 export MULTI30K_DIR
 
-.PHONY: setup train test clean
+.PHONY: setup train test test-fast clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -23,6 +23,9 @@ train: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 tests
+
+test-fast: setup  # Unit tests only: no train.py/infer.py processes, no model training.
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -96,7 +96,7 @@ def _partitioner(config=None) -> Partitioner:
 def _translator() -> Translator:
   config = layout.read_config(_workdir())
   return Translator.from_workdir(
-      _workdir(), _partitioner(config), step=_STEP.value,
+      _workdir(), partitioner=_partitioner(config), step=_STEP.value,
       checkpoint_dir=_CHECKPOINT_DIR.value, dtype=_DTYPE.value,
       settings=_settings(config), nbest=_NBEST.value, batch_tokens=_BATCH_TOKENS.value)
 

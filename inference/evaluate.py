@@ -82,7 +82,7 @@ def evaluate_run(workdir: str, partitioner: Partitioner, *, splits: Sequence[str
                     average_last, workdir, available)
   checkpoint_dir = (str(restore.average_checkpoints(workdir, partitioner, count))
                     if count > 1 else None)
-  translator = Translator.from_workdir(workdir, partitioner,
+  translator = Translator.from_workdir(workdir, partitioner=partitioner,
                                        checkpoint_dir=checkpoint_dir, settings=settings)
   results = []
   for split in splits:

@@ -8,6 +8,7 @@ from data import tokenizer as tokenizer_lib
 from inference import restore
 from inference import translate
 from inference.translate import DecodeSettings, Translation
+from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 from storage import layout
 
@@ -23,16 +24,20 @@ class Translator:
   batch_tokens: int = 4096  # Source tokens per batch, padding included.
 
   @classmethod
-  def from_workdir(cls, workdir: str, partitioner: Partitioner, *,
+  def from_workdir(cls, workdir: str, *, partitioner: Partitioner | None = None,
                    step: int | None = None, checkpoint_dir: str | None = None,
                    dtype: str | None = None, settings: DecodeSettings | None = None,
                    nbest: int = 1, batch_tokens: int = 4096) -> "Translator":
     """Restores `step` (default: the latest) of WORKDIR/checkpoints or `checkpoint_dir`.
 
-    Decode settings default to the run's `config.decode`.
+    The partitioner defaults to every local device on the batch axis with the run's
+    logical-axis rules; decode settings default to the run's `config.decode`.
     """
+    config = layout.read_config(workdir)
+    if partitioner is None:
+      partitioner = Partitioner(mesh_lib.create_mesh(), config.logical_axis_rules)
     if settings is None:
-      settings = DecodeSettings.from_config(layout.read_config(workdir).get("decode"))
+      settings = DecodeSettings.from_config(config.get("decode"))
     model = restore.restore_params(workdir, partitioner, step=step,
                                    checkpoint_dir=checkpoint_dir, dtype=dtype)
     decoder = translate.Decoder(partitioner, settings,
