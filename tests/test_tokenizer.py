@@ -27,6 +27,7 @@ def test_special_ids_and_decode_stops_at_eos(prepared):
   _, _, _, tokenizer = prepared
   assert (tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID, tokenizer_lib.UNK_ID) == (0, 1, 2)
   ids = tokenizer.encode("deux chiens")
+  assert not {tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID} & set(ids)  # Not from encode.
   assert tokenizer.decode(ids + [tokenizer_lib.EOS_ID] + ids + [0, 0]) == "deux chiens"
   assert tokenizer.vocab_size == prepared[0].data.vocab_size
 

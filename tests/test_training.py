@@ -93,6 +93,7 @@ def test_unreadable_latest_checkpoint_falls_back(prepared, tmp_path):
   assert step == 1 and restored is not None
 
 
+@pytest.mark.slow
 def test_overfits_64_pairs(prepared):
   source = [prepared[2]["train"][i] for i in range(64)]
   run = Run(prepared, (8, 1, 1), **{"model.dropout_rate": 0.0, "label_smoothing": 0.0,
@@ -124,6 +125,7 @@ def _nan_at(bad_step: int):
   return train_step
 
 
+@pytest.mark.slow
 def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path,
                                                       monkeypatch):
   config = prepared[0].copy_and_resolve_references()
@@ -159,6 +161,7 @@ def test_keeps_the_last_checkpoints_and_the_best_by_bleu(prepared, tmp_path):
                 if p.name.isdigit()) == [2, 4, 5]
 
 
+@pytest.mark.slow
 def test_training_logs_validation_bleu(trained_workdir):
   rows = [json.loads(line) for line in
           (trained_workdir / "metrics.jsonl").read_text().splitlines()]
