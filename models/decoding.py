@@ -31,7 +31,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from models.transformer import CrossKV, DecodeCache, Transformer
+from models.transformer import CrossKV, DecodeCache, OutputTable, Transformer
 from parallel.sharding import Partitioner, logical_to_spec, with_logical_constraint
 
 Array = jax.Array
@@ -136,7 +136,8 @@ def _reorder_cache(cache: DecodeCache, parent: Array) -> DecodeCache:
 
 
 def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, src_mask: Array,
-          max_len: Array, alpha: Array, eos_id: int, suppress_eos: bool) -> BeamState:
+          output_table: OutputTable, max_len: Array, alpha: Array, eos_id: int,
+          suppress_eos: bool) -> BeamState:
   """One decoder step for every live hypothesis, then the beam bookkeeping."""
   batch, beam = state.alive_seqs.shape[:2]
   t = state.step
@@ -146,7 +147,7 @@ def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, src_mask: Arr
                                   keepdims=False)  # [batch, beam]
   prev = jnp.where(t == 0, pad_id, prev)
   logits, cache = model.decode_step(prev.reshape(-1), t, state.cache, cross_kv,
-                                    src_mask)  # [batch * beam, vocab]
+                                    src_mask, output_table)  # [batch * beam, vocab]
   vocab = logits.shape[-1]
   logp = jax.nn.log_softmax(logits).reshape(batch, beam, vocab)
   # Pad is never emitted; its probability mass is dropped, not renormalised, so
@@ -220,6 +221,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   num_steps = max_decode_len if forced_len is None else forced_len
 
   cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, src_len, ...]
+  output_table = model.output_table()  # [embed, vocab], laid out once per call.
   src_mask = inputs != model.cfg.pad_id  # [batch, src_len]
   seqs = jnp.full((batch, beam, max_decode_len), model.cfg.pad_id, jnp.int32)
   # Only beam 0 is live at first: the others would repeat it.
@@ -235,7 +237,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
     return (s.step < num_steps) & jnp.any(s.alive_logp > NEG_INF)
 
   def body(s: BeamState) -> BeamState:
-    return _step(model, s, cross_kv, src_mask, max_len, alpha, eos_id,
+    return _step(model, s, cross_kv, src_mask, output_table, max_len, alpha, eos_id,
                  suppress_eos=forced_len is not None)
 
   state = lax.while_loop(cond, body, state)

@@ -97,6 +97,13 @@ class DecodeCache:
 
 
 @flax.struct.dataclass
+class OutputTable:
+  """The output projection as decoding reads it: logits = y @ kernel + bias."""
+  kernel: Array  # [embed, vocab]
+  bias: Array | None  # [vocab], or None for the tied embedding
+
+
+@flax.struct.dataclass
 class CrossKV:
   """Cross-attention keys/values of the encoded source, computed once per sentence."""
   k: tuple[Array, ...]  # per decoder layer [batch, src_len, heads, head_dim]
@@ -230,13 +237,39 @@ class Transformer(nnx.Module):
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     return with_logical_constraint(x, ACTIVATION)
 
-  def _logits(self, y: Array) -> Array:
-    """[batch, length, embed] -> float32 [batch, length, vocab]."""
+  def _logits(self, y: Array, output_table: "OutputTable | None" = None) -> Array:
+    """[batch, length, embed] -> float32 [batch, length, vocab].
+
+    With `output_table` (from `output_table()`, built once per decode call) the
+    projection reads an [embed, vocab] kernel instead of the transposed embedding.
+    """
     if self.decoder_norm is not None:
       y = self.decoder_norm(y)
-    logits = self.embed.attend(y) if self.logits_dense is None else self.logits_dense(y)
+    if output_table is not None:
+      logits = jnp.dot(y, output_table.kernel.astype(y.dtype))
+      if output_table.bias is not None:
+        logits = logits + output_table.bias.astype(y.dtype)
+    elif self.logits_dense is None:
+      logits = self.embed.attend(y)
+    else:
+      logits = self.logits_dense(y)
     return with_logical_constraint(logits.astype(jnp.float32),
                                    ("batch", "length", "vocab"))
+
+  def output_table(self) -> "OutputTable":
+    """The output projection laid out [embed, vocab], for decoding.
+
+    With shared embeddings the logits are y @ E.T; a dot against the transposed
+    [vocab, embed] table streams the weights at about 60% of the speed of an
+    [embed, vocab] one on CPU, so decoding transposes E once per call, outside its
+    loop. Training keeps the one shared table.
+    """
+    if self.logits_dense is None:
+      kernel = self.embed.embedding[...].T
+      return OutputTable(kernel=with_logical_constraint(kernel, ("embed", "vocab")),
+                         bias=None)
+    return OutputTable(kernel=self.logits_dense.kernel[...],
+                       bias=self.logits_dense.bias[...])
 
   @property
   def _target_table(self) -> nnx.Embed:
@@ -270,7 +303,8 @@ class Transformer(nnx.Module):
     tgt_seg = _segments(targets, targets_segment_ids, self.cfg.pad_id)
     self_mask = attention_mask(tgt_seg, tgt_seg, causal=True)  # [batch, 1, tgt, tgt]
     cross_mask = attention_mask(tgt_seg, src_seg)  # [batch, 1, tgt_len, src_len]
-    y = self._embed(self._target_table, shift_right(targets, targets_segment_ids, self.cfg.pad_id),
+    decoder_inputs = shift_right(targets, targets_segment_ids, self.cfg.pad_id)
+    y = self._embed(self._target_table, decoder_inputs,
                     _positions(targets, targets_positions), deterministic, rngs)
     for layer in self.decoder_layers:
       k, v = layer.cross_attn.project_kv(encoded)  # [batch, src_len, heads, head_dim]
@@ -313,7 +347,9 @@ class Transformer(nnx.Module):
     return DecodeCache(k=zeros(), v=zeros(), index=jnp.zeros((), jnp.int32))
 
   def decode_step(self, token: Array, step_index: Array, cache: DecodeCache,
-                  cross_kv: CrossKV, src_mask: Array) -> tuple[Array, DecodeCache]:
+                  cross_kv: CrossKV, src_mask: Array,
+                  output_table: "OutputTable | None" = None
+                  ) -> tuple[Array, DecodeCache]:
     """Logits for position `step_index` given the previous token.
 
     token [rows] is the token at `step_index - 1` (pad_id, the start token, at step
@@ -334,6 +370,6 @@ class Transformer(nnx.Module):
                         cache=(cache.k[i], cache.v[i]), index=step_index)
       new_k.append(k)
       new_v.append(v)
-    logits = self._logits(y)[:, 0]  # [batch, vocab]
+    logits = self._logits(y, output_table)[:, 0]  # [batch, vocab]
     return logits, DecodeCache(k=tuple(new_k), v=tuple(new_v),
                                index=jnp.asarray(step_index, jnp.int32) + 1)
