@@ -6,16 +6,87 @@ the optimizer state; `optimizer` holds the step and optimizer state; both are sh
 (each process writes its shards). `data` is every process's grain iterator state, so a
 resumed run reads exactly the batches an uninterrupted run would have.
 Saves are asynchronous; orbax writes into a temporary folder and renames it when
-complete, so a crash mid-save leaves no half checkpoint behind, and a checkpoint
-that is there but unreadable is skipped in favour of the one before it.
+complete, so a crash mid-save leaves no half checkpoint behind.
+
+Resume is strict: a checkpoint whose tree or shapes differ from the state the config
+builds (model size, optimizer, gradient accumulation, vocabulary) or that was saved by
+another number of processes stops the run (`CheckpointMismatchError`). Only an
+unreadable checkpoint (corrupt files) is moved aside to `<step>.corrupt-<time>` and
+the one before it restored. All processes restore the same step.
 """
+import time
+
 from absl import logging
+from etils import epath
 import grain
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from storage import layout
 from training import steps
+
+
+class CheckpointMismatchError(RuntimeError):
+  """A checkpoint does not fit the state the config builds; resuming would be wrong."""
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{'a.b.0.c': shape} of a tree's leaves, named as orbax names saved arrays."""
+  return {".".join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _tree_differences(item: str, saved: dict, wanted: dict, limit: int = 4
+                      ) -> list[str]:
+  """Arrays only saved, only wanted, or of another shape: up to `limit` of each."""
+  kinds = [
+      [f"{item}.{k}: saved, not in the config's state" for k in saved
+       if k not in wanted],
+      [f"{item}.{k}: in the config's state, not saved" for k in wanted
+       if k not in saved],
+      [f"{item}.{k}: shape {tuple(saved[k])} saved, {wanted[k]} now" for k in wanted
+       if k in saved and tuple(saved[k]) != wanted[k]]]
+  return [d for diffs in kinds for d in diffs[:limit]
+          + ([f"... and {len(diffs) - limit} more like it"]
+             if len(diffs) > limit else [])]
+
+
+def mismatches(step_dir: epath.Path, abstract_state: steps.TrainState) -> list[str]:
+  """How checkpoint `step_dir` differs from `abstract_state`; [] if it fits.
+
+  Reads only metadata (tree, shapes; which processes saved the data state). Raises
+  if the metadata is unreadable, i.e. the checkpoint is corrupt.
+  """
+  handler = ocp.handlers.StandardCheckpointHandler()
+  wanted = {layout.PARAMS: abstract_state.params,
+            layout.OPTIMIZER: {"step": abstract_state.step,
+                               "opt_state": abstract_state.opt_state}}
+  diffs = []
+  for item, target in wanted.items():
+    saved = {k: v.shape for k, v in ocp.tree.to_flat_dict(
+        handler.metadata(step_dir / item).tree, sep=".").items()}
+    diffs += _tree_differences(item, saved, _shapes(target))
+  names = [p.name for p in (step_dir / layout.DATA).iterdir()
+           if p.name.startswith("process_")]
+  counts = {n.rsplit("-of-", 1)[-1].removesuffix(".json") for n in names}
+  if counts != {str(jax.process_count())}:
+    diffs.append(f"{layout.DATA}: saved by {'/'.join(sorted(counts)) or 'no'}"
+                 f" processes, {jax.process_count()} now")
+  return diffs
+
+
+def _agree(flag: int) -> int:
+  """The largest `flag` over all processes (the same answer everywhere)."""
+  return int(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
 class Checkpointer:
@@ -32,6 +103,7 @@ class Checkpointer:
                 policies.LatestN(n=max_to_keep),
                 policies.BestN(get_metric_fn=lambda m: m["bleu"], n=1,
                                keep_checkpoints_without_metrics=False)])))
+    self.last_good = None  # The newest step restored or saved (all finite).
 
   def save(self, step: int, state: steps.TrainState, data_iterator,
            bleu: float | None = None) -> None:
@@ -43,6 +115,7 @@ class Checkpointer:
                               {"step": state.step, "opt_state": state.opt_state}),
                           layout.DATA: grain.checkpoint.CheckpointSave(data_iterator)}),
                       force=True)
+    self.last_good = step
 
   def restore_latest(self, abstract_state: steps.TrainState, data_iterator
                      ) -> tuple[steps.TrainState | None, int]:
@@ -50,23 +123,67 @@ class Checkpointer:
 
     `abstract_state` is a tree of `jax.ShapeDtypeStruct` with the shardings wanted
     now, so a checkpoint written on another mesh shape is resharded on read.
-    `data_iterator` is moved to the saved position in place.
+    `data_iterator` is moved to the saved position in place. Raises
+    CheckpointMismatchError if the newest readable checkpoint does not fit
+    `abstract_state`; unreadable ones are moved aside (`_move_aside`).
     """
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    for step in self._agreed_steps():
+      step_dir = self.directory / str(step)
+      error, diffs = None, []
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(**{
-            layout.PARAMS: ocp.args.StandardRestore(abstract_state.params),
-            layout.OPTIMIZER: ocp.args.StandardRestore(
-                {"step": abstract_state.step, "opt_state": abstract_state.opt_state}),
-            layout.DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
+        diffs = mismatches(step_dir, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the one"
-                        " before it.", self.directory, step, type(e).__name__, e)
-        continue
-      logging.info("Restored step %d from %s.", step, self.directory)
-      return steps.TrainState(params=restored[layout.PARAMS],
-                              **restored[layout.OPTIMIZER]), step
+        error = e
+      status = _agree(2 if diffs else 1 if error else 0)
+      if status == 2:
+        raise CheckpointMismatchError(
+            f"Checkpoint {step_dir} does not fit the state this config builds"
+            f" ({'; '.join(diffs) or 'see process 0'}). Nothing was changed. Resume"
+            " with the config it was trained with, or train this config in a new"
+            " --workdir.")
+      if status == 0:
+        try:
+          restored = self.manager.restore(step, args=self._restore_args(
+              abstract_state, data_iterator))
+        except Exception as e:  # pylint: disable=broad-except
+          error = e
+        status = _agree(1 if error else 0)
+      if status == 0:
+        logging.info("Restored step %d from %s.", step, self.directory)
+        self.last_good = step
+        return steps.TrainState(params=restored[layout.PARAMS],
+                                **restored[layout.OPTIMIZER]), step
+      self._move_aside(step, error)
     return None, 0
+
+  @staticmethod
+  def _restore_args(abstract_state: steps.TrainState, data_iterator):
+    return ocp.args.Composite(**{
+        layout.PARAMS: ocp.args.StandardRestore(abstract_state.params),
+        layout.OPTIMIZER: ocp.args.StandardRestore(
+            {"step": abstract_state.step, "opt_state": abstract_state.opt_state}),
+        layout.DATA: grain.checkpoint.CheckpointRestore(data_iterator)})
+
+  def _agreed_steps(self) -> list[int]:
+    """Process 0's saved steps, newest first, on every process."""
+    found = sorted(self.manager.all_steps(), reverse=True)
+    count = int(multihost_utils.broadcast_one_to_all(np.int32(len(found))))
+    padded = np.full(count, -1, np.int32)
+    padded[:min(count, len(found))] = found[:count]
+    return [int(s) for s in multihost_utils.broadcast_one_to_all(padded)]
+
+  def _move_aside(self, step: int, error: Exception | None) -> None:
+    """Renames unreadable checkpoint `step` to `<step>.corrupt-<time>` (process 0)."""
+    step_dir = self.directory / str(step)
+    aside = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    logging.error(
+        "CHECKPOINT %s IS UNREADABLE (%s: %s; on this or another process). Moved it"
+        " to %s and trying the one before it; delete it once you have looked.",
+        step_dir, type(error).__name__, error, aside)
+    if jax.process_index() == 0 and step_dir.exists():
+      step_dir.rename(aside)
+    multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    self.manager.reload()
 
   def reached_preemption(self, step: int) -> bool:
     """True on every host once the cluster has been told to stop (multi-host runs)."""

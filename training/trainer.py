@@ -35,10 +35,15 @@ from training import checkpoints
 from training import metrics as metrics_lib
 from training import optimizer as optimizer_lib
 from training import steps
+from training import validate
 
 
 class NonFiniteLossError(RuntimeError):
   """Training diverged; the last checkpoint written holds finite parameters."""
+
+
+class TokenizerMismatchError(RuntimeError):
+  """The tokenizer given to training is not the one the run recorded (run.json)."""
 
 
 class Evaluator(Protocol):
@@ -71,12 +76,14 @@ class Inputs:
   eval_batches: list[dict[str, np.ndarray]]  # One pass over its validation shard.
 
 
-def write_run_info(config, workdir: epath.Path) -> None:
-  """config.json (resolved config) and run_info.json (git commit, library versions)."""
+def write_run_info(config, workdir: epath.Path, tokenizer) -> None:
+  """config.json (resolved config), run_info.json (git commit, library versions) and
+  the tokenizer's record in run.json; called once the checkpoint fits the config."""
   if jax.process_index() != 0:
     return
   workdir.mkdir(parents=True, exist_ok=True)
   layout.write_config(workdir, config)
+  layout.record_tokenizer(workdir, tokenizer.proto)
   try:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                             text=True, check=True,
@@ -87,7 +94,34 @@ def write_run_info(config, workdir: epath.Path) -> None:
           "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
           "orbax": ocp.__version__, "devices": jax.device_count(),
           "platform": jax.devices()[0].platform, "processes": jax.process_count()}
-  (workdir / "run_info.json").write_text(json.dumps(info, indent=2))
+  layout.atomic_write(workdir / "run_info.json", json.dumps(info, indent=2))
+
+
+def check_tokenizer(workdir: epath.Path, tokenizer) -> None:
+  """The tokenizer must be the one the run's checkpoints were trained with."""
+  expected = layout.read_run_record(workdir).get("tokenizer")
+  found = layout.tokenizer_record(tokenizer.proto)
+  if expected and expected != found:
+    raise TokenizerMismatchError(
+        f"The tokenizer given to training (sha256 {found['sha256']},"
+        f" {found['vocab_size']} pieces) is not the one {workdir} was trained with"
+        f" (sha256 {expected['sha256']}, {expected['vocab_size']} pieces, recorded"
+        f" in {workdir / layout.RUN_FILE}). Use that run's spm.model, or a new"
+        " --workdir.")
+
+
+def restore_or_stop(config, workdir: epath.Path, checkpointer, initial: InitialState,
+                    train_iter) -> tuple[steps.TrainState | None, int]:
+  """`Checkpointer.restore_latest`; a mismatch also names the config fields changed."""
+  try:
+    return checkpointer.restore_latest(initial.abstract, train_iter)
+  except checkpoints.CheckpointMismatchError as e:
+    saved = workdir / layout.CONFIG_FILE
+    diff = (validate.config_diff(json.loads(saved.read_text()), config)
+            if saved.exists() else [])
+    raise checkpoints.CheckpointMismatchError(
+        f"{e}\nConfig fields that differ from {saved} (which is unchanged):\n  "
+        + ("\n  ".join(diff) or "none (the code changed the state?)")) from None
 
 
 def create_train_state(model_cfg: transformer.TransformerConfig,
@@ -167,14 +201,26 @@ class _Sigterm:
     self.received = True
 
 
+def _diverged(step: int, what: str, checkpointer) -> NonFiniteLossError:
+  return NonFiniteLossError(
+      f"Non-finite {what} at step {step}. Stopped without saving; the last good"
+      f" checkpoint is step {checkpointer.last_good} in {checkpointer.directory}."
+      " Lower learning_rate, raise warmup_steps or check the data, then rerun to"
+      " resume.")
+
+
 def _check_finite(step: int, metrics: dict, checkpointer) -> None:
   if not all(np.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
-    last = checkpointer.manager.latest_step()
-    raise NonFiniteLossError(
-        f"Non-finite loss or gradient at step {step} (loss={metrics['loss']},"
-        f" grad_norm={metrics['grad_norm']}). Stopped without saving; the last good"
-        f" checkpoint is step {last} in {checkpointer.directory}. Lower"
-        " learning_rate, raise warmup_steps or check the data, then rerun to resume.")
+    raise _diverged(step, f"loss or gradient (loss={metrics['loss']}, grad_norm="
+                    f"{metrics['grad_norm']})", checkpointer)
+
+
+def all_finite_fn(partitioner: Partitioner):
+  """A jitted tree -> bool: every element finite (one cheap reduction per leaf)."""
+  return partitioner.jit(
+      lambda tree: jnp.all(jnp.stack([jnp.isfinite(x).all()
+                                      for x in jax.tree.leaves(tree)])),
+      out_shardings=partitioner.replicated)
 
 
 def make_inputs(config, sources, tokenizer, partitioner: Partitioner) -> Inputs:
@@ -203,7 +249,7 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
   Returns the last step reached (`step`) and the last validation metrics.
   """
   workdir = epath.Path(workdir)
-  write_run_info(config, workdir)
+  check_tokenizer(workdir, tokenizer)
   logging.info("Mesh %s over %d devices, %d processes.", dict(partitioner.mesh.shape),
                jax.device_count(), jax.process_count())
   inputs = make_inputs(config, sources, tokenizer, partitioner)
@@ -215,8 +261,10 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
                f"{transformer.count_params(initial.state.params):,}")
   checkpointer = checkpoints.Checkpointer(
       str(workdir), max_to_keep=config.max_checkpoints_to_keep)
-  restored, start_step = checkpointer.restore_latest(initial.abstract,
-                                                     inputs.train_iter)
+  # Before anything is written: a checkpoint that does not fit stops the run here.
+  restored, start_step = restore_or_stop(config, workdir, checkpointer, initial,
+                                         inputs.train_iter)
+  write_run_info(config, workdir, tokenizer)
   state = initial.state if restored is None else restored
   train_step, eval_step = compile_steps(config, initial, tx, partitioner)
   batch_sharding = partitioner.batch_sharding()
@@ -231,7 +279,7 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
   try:
     last_eval = _train_loop(config, workdir, state, start_step, inputs.train_iter,
                             batch_sharding, train_step, evaluate_now, checkpointer,
-                            writer)
+                            writer, all_finite_fn(partitioner))
   finally:  # A pending async save completes even when training stops on an error.
     checkpointer.close()
     writer.close()
@@ -241,8 +289,13 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
 
 
 def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
-                train_step, evaluate_now, checkpointer, writer) -> dict[str, float]:
-  """Steps from `start_step` to the end (or a stop request); the last evaluation."""
+                train_step, evaluate_now, checkpointer, writer, all_finite
+                ) -> dict[str, float]:
+  """Steps from `start_step` to the end (or a stop request); the last evaluation.
+
+  Nothing non-finite is saved: the parameters are checked before every save, the
+  loss and gradient norm at every logged step, the validation metrics when measured.
+  """
   sigterm = _Sigterm()
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,
                        disable=jax.process_index() != 0, dynamic_ncols=True)
@@ -279,6 +332,10 @@ def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
       bleu_now = last_eval.get("bleu")
       writer.write(step, "validation", last_eval)
       logging.info("Step %d validation: %s", step, last_eval)
+      if not all(np.isfinite(v) for v in last_eval.values()):
+        raise _diverged(step, f"validation metrics ({last_eval})", checkpointer)
+    if save and not bool(all_finite(state.params)):
+      raise _diverged(step, "parameters (the loss was still finite)", checkpointer)
     if save:  # BLEU measured at this step ranks the checkpoint.
       checkpointer.save(step, state, train_iter, bleu=bleu_now)
     progress.update(1)
