@@ -2,6 +2,7 @@
 from collections.abc import Sequence
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from data import datasets
 from data import pipeline
 from data import tokenizer as tokenizer_lib
+from storage import layout
 
 # Above this many training pairs, corpus statistics are estimated from a sample.
 _STATS_SAMPLE = 200_000
@@ -25,7 +27,9 @@ def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation"
   """Returns ({split: data source}, tokenizer) for `config`, preparing what is missing.
 
   The tokenizer is trained on the training split only (both languages) and stored as
-  `workdir/spm.model`; a second run, and inference, reuse that file.
+  `workdir/spm.model`; a second run, and inference, reuse that file. Once the run has
+  a tokenizer (run.json records it) or checkpoints, it is never trained again: a
+  missing or different spm.model is an error (`layout.load_tokenizer`).
   """
   data_cfg = config.data
   sources = datasets.load_sources(data_cfg, splits)
@@ -39,10 +43,17 @@ def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation"
       for lang in langs:
         yield datasets.decode_text(example[lang])
 
-  tokenizer = tokenizer_lib.train_or_load(
-      workdir, sentences, vocab_size=data_cfg.vocab_size,
-      model_type=data_cfg.spm_model_type,
-      max_sentences=data_cfg.spm_max_sentences, seed=config.seed)
+  bound = (layout.read_run_record(workdir).get("tokenizer")
+           or layout.checkpoint_steps(layout.checkpoint_dir(workdir)))
+  if bound or (epath.Path(workdir) / layout.TOKENIZER_FILE).exists():
+    tokenizer = layout.load_tokenizer(workdir)
+  else:
+    tokenizer = tokenizer_lib.train(
+        sentences(), epath.Path(workdir) / layout.TOKENIZER_FILE,
+        vocab_size=data_cfg.vocab_size, model_type=data_cfg.spm_model_type,
+        max_sentences=data_cfg.spm_max_sentences, seed=config.seed)
+  if jax.process_index() == 0:
+    layout.record_tokenizer(workdir, tokenizer.proto)
   return sources, tokenizer
 
 
@@ -53,13 +64,22 @@ def prepare_on_all_processes(
   Process 0 alone builds the TFDS dataset and trains the tokenizer, so processes
   sharing a file system never write them at once; the others then only read them.
   Process 0 also logs the training split's statistics, including how many pairs
-  training drops as empty or longer than `config.data.max_length`.
+  training drops as empty or longer than `config.data.max_length`; if that leaves no
+  pair, every process stops with an error (training would wait forever for a batch).
   """
+  kept = 0
   if jax.process_index() == 0:
     sources, tokenizer = prepare(config, workdir)
     stats = corpus_stats(sources["train"], tokenizer, config.data, seed=config.seed)
     logging.info("Training data: %s", stats)
-  multihost_utils.sync_global_devices("data prepared")
+    kept = stats["kept_pairs"]
+  # Also the barrier: the others read the data only once process 0 has written it.
+  if not int(multihost_utils.broadcast_one_to_all(np.int32(kept))):
+    raise ValueError(
+        "No training pair is left after dropping empty pairs and pairs longer than"
+        f" config.data.max_length={config.data.max_length} tokens (in"
+        f" {config.data.dataset}'s training split, tokenized). Raise data.max_length"
+        " (and model.max_len), or check the data files.")
   if jax.process_index() != 0:
     sources, tokenizer = prepare(config, workdir)
   return sources, tokenizer
@@ -86,6 +106,9 @@ def corpus_stats(source, tokenizer, data_cfg, seed: int = 0) -> dict:
   stats["too_long_pairs"] = sum(
       1 for e in examples
       if any(len(e[f]) > data_cfg.max_length for f in pipeline.FEATURES))
+  stats["kept_pairs"] = sum(
+      1 for e in examples
+      if all(0 < len(e[f]) <= data_cfg.max_length for f in pipeline.FEATURES))
   if stats["empty_pairs"] or stats["too_long_pairs"]:
     logging.warning(
         "Training skips %d empty pairs and %d pairs longer than max_length=%d"

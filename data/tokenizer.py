@@ -42,6 +42,11 @@ class Tokenizer:
     return Tokenizer, (self._proto,)
 
   @property
+  def proto(self) -> bytes:
+    """The serialized model, as in spm.model."""
+    return self._proto
+
+  @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
 
@@ -85,7 +90,12 @@ def train(sentences: Iterable[str], model_path: str | os.PathLike, *,
     proto = epath.Path(prefix + ".model").read_bytes()
   model_path = epath.Path(model_path)
   model_path.parent.mkdir(parents=True, exist_ok=True)
-  model_path.write_bytes(proto)
+  if "://" in str(model_path):  # Objects in a bucket are written whole.
+    model_path.write_bytes(proto)
+  else:  # A crash mid-write must not leave half a model that later runs would load.
+    tmp = model_path.with_name(f".{model_path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(proto)
+    os.replace(tmp, model_path)
   logging.info("Trained a %d-piece %s SentencePiece model: %s", vocab_size,
                model_type, model_path)
   return Tokenizer(proto)

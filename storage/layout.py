@@ -1,6 +1,8 @@
 """The layout of a training workdir, the one contract between training and inference.
 
   WORKDIR/config.json                   the resolved config of the run
+  WORKDIR/run.json                      what the checkpoints are bound to: the
+                                        tokenizer's sha256 and vocabulary size
   WORKDIR/spm.model                     the tokenizer
   WORKDIR/checkpoints/<step>/params     model parameters alone (sharded, orbax)
                             /optimizer  step and optimizer state
@@ -11,6 +13,7 @@ Training writes all of it (training/checkpoints.py adds the optimizer and data i
 inference reads `params` alone, so it needs neither the optimizer nor grain. This module
 imports neither training nor inference code.
 """
+import hashlib
 import json
 import os
 
@@ -21,6 +24,7 @@ import orbax.checkpoint as ocp
 from data import tokenizer as tokenizer_lib
 
 CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
 TOKENIZER_FILE = tokenizer_lib.MODEL_FILENAME
 # Items of a checkpoint step.
@@ -54,12 +58,80 @@ def read_config(workdir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def atomic_write(path, data: bytes | str) -> None:
+  """Writes `path` whole or not at all: a temporary file, then a rename.
+
+  A reader (or a crash) never sees half a file. gs:// objects are written whole by
+  the store itself.
+  """
+  path = epath.Path(path)
+  data = data.encode() if isinstance(data, str) else data
+  if "://" in str(path):
+    path.write_bytes(data)
+    return
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
 def write_config(workdir, config) -> None:
-  (epath.Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+  atomic_write(epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2))
+
+
+def read_run_record(workdir) -> dict:
+  """WORKDIR/run.json ({} if the run has none yet, e.g. a workdir from before it)."""
+  path = epath.Path(workdir) / RUN_FILE
+  if not path.exists():
+    return {}
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}). Restore it from a backup, or"
+                     " delete it to bind the run to the spm.model now in"
+                     f" {workdir}.") from None
+
+
+def tokenizer_record(model_proto: bytes) -> dict:
+  """What binds checkpoints to a tokenizer: its sha256 and vocabulary size."""
+  return {"sha256": hashlib.sha256(model_proto).hexdigest(),
+          "vocab_size": tokenizer_lib.Tokenizer(model_proto).vocab_size}
+
+
+def record_tokenizer(workdir, model_proto: bytes) -> None:
+  """Binds the run to this tokenizer in WORKDIR/run.json (kept if already there)."""
+  record = read_run_record(workdir)
+  if "tokenizer" not in record:
+    record["tokenizer"] = tokenizer_record(model_proto)
+    atomic_write(epath.Path(workdir) / RUN_FILE, json.dumps(record, indent=2))
 
 
 def load_tokenizer(workdir) -> tokenizer_lib.Tokenizer:
-  return tokenizer_lib.Tokenizer.load(epath.Path(workdir) / TOKENIZER_FILE)
+  """WORKDIR/spm.model, checked against the tokenizer the run recorded (run.json).
+
+  A missing, unreadable or different spm.model is an error: the checkpoints' token
+  ids mean nothing with another vocabulary.
+  """
+  path = epath.Path(workdir) / TOKENIZER_FILE
+  expected = read_run_record(workdir).get("tokenizer")
+  bound = (f" The run in {workdir} was trained with the tokenizer of sha256"
+           f" {expected['sha256']} ({expected['vocab_size']} pieces): put that"
+           " spm.model back" if expected else f" Put the run's spm.model back in {workdir}")
+  if not path.exists():
+    raise FileNotFoundError(f"{path} is missing.{bound}, or train a new run in a new"
+                            " workdir.")
+  proto = path.read_bytes()
+  try:
+    tokenizer = tokenizer_lib.Tokenizer(proto)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path} is not a readable SentencePiece model ({e}).{bound}."
+                     ) from None
+  if expected:
+    found = tokenizer_record(proto)
+    if found != expected:
+      raise ValueError(f"{path} is not the tokenizer the checkpoints were trained"
+                       f" with: it has sha256 {found['sha256']} and"
+                       f" {found['vocab_size']} pieces.{bound} (or use a new workdir).")
+  return tokenizer
 
 
 def _read_only(directory) -> ocp.CheckpointManager:
