@@ -21,7 +21,9 @@ from inference import evaluate
 from inference import translate
 from parallel import mesh
 from parallel.sharding import Partitioner
+from training import lock
 from training import trainer
+from training import validate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Experiment config file.", lock_config=True)
@@ -51,12 +53,20 @@ def validation_bleu(config, validation, tokenizer, partitioner: Partitioner
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  validate.validate_config(config)  # Before anything is written.
   # Before anything touches the devices.
   mesh.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                               _PROCESS_ID.value)
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  with lock.workdir_lock(workdir):  # One training per workdir.
+    train_and_score(config, workdir)
+
+
+def train_and_score(config, workdir: str) -> None:
+  """Prepares the data, trains, then averages and scores the last checkpoints."""
   partitioner = Partitioner.from_config(config)
   sources, tokenizer = prepare.prepare_on_all_processes(config, workdir)
+  validate.validate_splits(config, datasets.split_sizes(config.data))
   result = trainer.run(
       config, workdir, partitioner, sources, tokenizer,
       evaluators=validation_bleu(config, sources["validation"], tokenizer, partitioner))
