@@ -89,8 +89,8 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
   def self_attn(l, y, k, v):
     h = l.self_norm(y)
     nk, nv = l.self_attn.project_kv(h)
-    k = lax.dynamic_update_slice(k, nk, (0, step_index, 0, 0))
-    v = lax.dynamic_update_slice(v, nv, (0, step_index, 0, 0))
+    k = lax.dynamic_update_slice(k, nk, (0, 0, step_index, 0))
+    v = lax.dynamic_update_slice(v, nv, (0, 0, step_index, 0))
     return l.self_attn.attend(h, k, v, self_mask), k, v
 
   decoder_bytes = _params_bytes(nnx.state(model.decoder_layers))

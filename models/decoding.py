@@ -36,7 +36,7 @@ from parallel.sharding import Partitioner, logical_to_spec, with_logical_constra
 
 Array = jax.Array
 NEG_INF = -jnp.inf
-CACHE_AXES = ("batch", "length", "heads", "kv")  # [batch * beam, max_decode_len, ...]
+CACHE_AXES = ("batch", "heads", "length", "kv")  # [batch * beam, heads, max_len, kv]
 
 
 class Decoded(NamedTuple):
@@ -93,14 +93,14 @@ def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
 
 
 def _top_k(x: Array, k: int) -> tuple[Array, Array]:
-  """`lax.top_k` of x [batch, n] per sentence, run on each batch shard under a mesh.
+  """`lax.top_k` of x [batch, ..., n] over its last axis, on each batch shard.
 
   The partitioner does not split XLA's TopK by rows: it would gather the whole
-  [batch, beam * vocab] candidate array onto every device at every step.
+  candidate array onto every device at every step.
   """
   mesh = jax.sharding.get_abstract_mesh()
-  spec = None if mesh.empty else logical_to_spec(("batch", None), shape=x.shape,
-                                                 mesh=mesh)
+  names = ("batch",) + (None,) * (x.ndim - 1)
+  spec = None if mesh.empty else logical_to_spec(names, shape=x.shape, mesh=mesh)
   if spec is None or spec[0] is None:
     return lax.top_k(x, k)
   return jax.shard_map(lambda y: tuple(lax.top_k(y, k)), mesh=mesh, in_specs=spec,
@@ -127,7 +127,7 @@ def _reorder_cache(cache: DecodeCache, parent: Array) -> DecodeCache:
     return cache
   batch, beam = parent.shape
 
-  def move(c: Array) -> Array:  # [batch * beam, max_decode_len, heads, head_dim]
+  def move(c: Array) -> Array:  # [batch * beam, heads, max_decode_len, head_dim]
     c = _gather_beams(c.reshape((batch, beam) + c.shape[1:]), parent)
     return with_logical_constraint(c.reshape((batch * beam,) + c.shape[2:]), CACHE_AXES)
 
@@ -149,15 +149,23 @@ def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, src_mask: Arr
   logits, cache = model.decode_step(prev.reshape(-1), t, state.cache, cross_kv,
                                     src_mask, output_table)  # [batch * beam, vocab]
   vocab = logits.shape[-1]
-  logp = jax.nn.log_softmax(logits).reshape(batch, beam, vocab)
-  # Pad is never emitted; its probability mass is dropped, not renormalised, so
-  # scores stay sums of the model's log-probabilities.
-  logp = logp.at[..., pad_id].set(NEG_INF)
+  logits = logits.reshape(batch, beam, vocab)
+  # log p = logits - logsumexp over the whole vocabulary. Pad is never emitted; its
+  # probability mass is dropped, not renormalised, so scores stay sums of the
+  # model's log-probabilities.
+  log_norm = jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [batch, beam, 1]
+  logits = logits.at[..., pad_id].set(NEG_INF)
   if suppress_eos:
-    logp = logp.at[..., eos_id].set(NEG_INF)
-  candidates = state.alive_logp[..., None] + logp  # [batch, beam, vocab]
-  top_logp, top_idx = _top_k(candidates.reshape(batch, beam * vocab), beam)
-  parent, token = top_idx // vocab, top_idx % vocab  # [batch, beam]
+    logits = logits.at[..., eos_id].set(NEG_INF)
+  # Exact two-stage top-k: the beam best of beam * vocab candidates are among each
+  # hypothesis's min(beam, vocab) best tokens. Ties resolve as in one top-k over
+  # [beam * vocab] (lower parent, then lower token), at a third of its cost.
+  k = min(beam, vocab)
+  row_logits, row_tokens = _top_k(logits, k)  # [batch, beam, k]
+  candidates = state.alive_logp[..., None] + (row_logits - log_norm)
+  top_logp, top_idx = _top_k(candidates.reshape(batch, beam * k), beam)  # [batch, beam]
+  parent = top_idx // k
+  token = jnp.take_along_axis(row_tokens.reshape(batch, beam * k), top_idx, axis=1)
   seqs = _gather_beams(state.alive_seqs, parent)
   seqs = lax.dynamic_update_index_in_dim(seqs, token, t, axis=2)
   length = t + 1

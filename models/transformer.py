@@ -91,8 +91,8 @@ def count_params(params: nnx.State) -> int:
 @flax.struct.dataclass
 class DecodeCache:
   """Self-attention keys/values of the positions decoded so far."""
-  k: tuple[Array, ...]  # per decoder layer [batch, max_decode_len, heads, head_dim]
-  v: tuple[Array, ...]  # per decoder layer [batch, max_decode_len, heads, head_dim]
+  k: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len, head_dim]
+  v: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len, head_dim]
   index: Array  # [] int32: number of positions written
 
 
@@ -106,8 +106,8 @@ class OutputTable:
 @flax.struct.dataclass
 class CrossKV:
   """Cross-attention keys/values of the encoded source, computed once per sentence."""
-  k: tuple[Array, ...]  # per decoder layer [batch, src_len, heads, head_dim]
-  v: tuple[Array, ...]  # per decoder layer [batch, src_len, heads, head_dim]
+  k: tuple[Array, ...]  # per decoder layer [batch, heads, src_len, head_dim]
+  v: tuple[Array, ...]  # per decoder layer [batch, heads, src_len, head_dim]
 
 
 def _segments(tokens: Array, segment_ids: Array | None, pad_id: int) -> Array:
@@ -187,10 +187,10 @@ class DecoderLayer(_Block):
     """y [batch, tgt_len, embed] -> (y, cache); a given cache gets K/V at `index`."""
     kw = dict(deterministic=deterministic, rngs=rngs)
     h = self._branch_in(y, self.self_norm)
-    k, v = self.self_attn.project_kv(h)  # [batch, tgt_len, heads, head_dim]
+    k, v = self.self_attn.project_kv(h)  # [batch, heads, tgt_len, head_dim]
     if cache is not None:  # Decoding: tgt_len == 1, attend to all cached positions.
       k, v = update_cache(cache[0], k, index), update_cache(cache[1], v, index)
-      cache = (k, v)  # [batch, max_decode_len, heads, head_dim]
+      cache = (k, v)  # [batch, heads, max_decode_len, head_dim]
     h = self.self_attn.attend(h, k, v, self_mask, **kw)
     y = self._branch_out(y, h, self.self_norm, **kw)
     h = self.cross_attn.attend(self._branch_in(y, self.cross_norm), cross_k, cross_v,
@@ -307,7 +307,7 @@ class Transformer(nnx.Module):
     y = self._embed(self._target_table, decoder_inputs,
                     _positions(targets, targets_positions), deterministic, rngs)
     for layer in self.decoder_layers:
-      k, v = layer.cross_attn.project_kv(encoded)  # [batch, src_len, heads, head_dim]
+      k, v = layer.cross_attn.project_kv(encoded)  # [batch, heads, src_len, head_dim]
       y, _ = layer(y, self_mask, k, v, cross_mask, deterministic=deterministic, rngs=rngs)
     return self._logits(y)
 
@@ -341,7 +341,7 @@ class Transformer(nnx.Module):
 
   def init_cache(self, batch_size: int, max_decode_len: int) -> DecodeCache:
     """Zeroed self-attention cache for `max_decode_len` positions, compute dtype."""
-    shape = (batch_size, max_decode_len, self.cfg.num_heads, self.cfg.head_dim)
+    shape = (batch_size, self.cfg.num_heads, max_decode_len, self.cfg.head_dim)
     zeros = lambda: tuple(jnp.zeros(shape, jnp.dtype(self.cfg.dtype))
                           for _ in range(self.cfg.num_decoder_layers))
     return DecodeCache(k=zeros(), v=zeros(), index=jnp.zeros((), jnp.int32))
@@ -359,7 +359,7 @@ class Transformer(nnx.Module):
     i * beam ... i * beam + beam - 1 (they share the sentence's cross K/V, uncopied).
     Returns float32 logits [rows, vocab] and the cache with this step's K/V written.
     """
-    batch, max_decode_len = token.shape[0], cache.k[0].shape[1]
+    batch, max_decode_len = token.shape[0], cache.k[0].shape[2]
     positions = jnp.full((batch, 1), step_index, jnp.int32)
     y = self._embed(self._target_table, token[:, None], positions, True, None)
     self_mask = (jnp.arange(max_decode_len) <= step_index)[None, None, None, :]
