@@ -5,6 +5,7 @@
   python infer.py --mode=evaluate  --workdir=DIR --input=src.en --reference=ref.fr
   python infer.py --mode=benchmark --config=configs/transformer_base.py
   python infer.py --mode=average   --workdir=DIR --average_last=5
+  python infer.py --mode=export    --workdir=DIR --format=ctranslate2 --output=ct2_dir
 """
 import dataclasses
 import json
@@ -19,6 +20,7 @@ from ml_collections import config_flags
 from bench import decode as decode_bench
 from data import tokenizer as tokenizer_lib
 from inference import evaluate
+from inference import export as export_lib
 from inference import restore
 from inference import translate
 from inference.translator import Translator
@@ -29,7 +31,7 @@ from parallel.sharding import Partitioner
 from storage import layout
 
 _MODE = flags.DEFINE_enum("mode", "translate",
-                          ["translate", "evaluate", "benchmark", "average"],
+                          ["translate", "evaluate", "benchmark", "average", "export"],
                           "What to do.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json,"
                                " spm.model, checkpoints/).")
@@ -69,6 +71,11 @@ _FORCED_LEN = flags.DEFINE_integer("forced_len", 64, "Benchmark output length, E
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed benchmark calls per batch size.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 32000, "Benchmark vocabulary (random"
                               " weights).")
+_FORMAT = flags.DEFINE_enum("format", "ctranslate2", ["ctranslate2"],
+                            "--mode=export: the format written to the --output dir.")
+_QUANTIZATION = flags.DEFINE_string("quantization", None, "--mode=export: weight type"
+                                    " of the exported model, e.g. int8; default"
+                                    " float32.")
 
 
 def _workdir() -> str:
@@ -132,6 +139,33 @@ def _benchmark():
           flush=True)
 
 
+def _export():
+  """Writes the model (a checkpoint, or random weights) as a CTranslate2 directory."""
+  if _OUTPUT.value == "-":
+    raise app.UsageError("--mode=export needs --output=DIR, the model directory.")
+  if _WORKDIR.value:
+    partitioner = _partitioner(layout.read_config(_workdir()))
+    model = restore.restore_params(_workdir(), partitioner, step=_STEP.value,
+                                   checkpoint_dir=_CHECKPOINT_DIR.value,
+                                   dtype=_DTYPE.value)
+    graphdef, params, model_cfg = model.graphdef, model.params, model.model_config
+    vocab = layout.load_tokenizer(_workdir())
+  elif _CONFIG.value is not None:
+    model_cfg = transformer.TransformerConfig.from_config(
+        _CONFIG.value.model, vocab_size=_VOCAB.value,
+        pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
+    graphdef, params = _partitioner(_CONFIG.value).init_params(model_cfg.make_model())
+    vocab = export_lib.synthetic_vocabulary(_VOCAB.value)
+  else:
+    raise app.UsageError("--mode=export needs --workdir (a checkpoint) or --config"
+                         " (random weights).")
+  output = export_lib.export_ctranslate2(graphdef, params, model_cfg, vocab,
+                                         _OUTPUT.value, quantization=_QUANTIZATION.value)
+  print(json.dumps({"format": _FORMAT.value, "output": output,
+                    "quantization": _QUANTIZATION.value,
+                    "parameters": transformer.count_params(params)}))
+
+
 def _write(lines, path):
   text = "".join(line + "\n" for line in lines)
   if path == "-":
@@ -163,6 +197,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _MODE.value == "benchmark":
     _benchmark()
+  elif _MODE.value == "export":
+    _export()
   elif _MODE.value == "average":
     config = layout.read_config(_workdir())
     print(restore.average_checkpoints(_workdir(), _partitioner(config),

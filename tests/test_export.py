@@ -6,7 +6,10 @@ off their zero/one initial values, so that a misplaced, swapped or transposed
 parameter changes the output; the slow test uses the 4-step trained workdir.
 """
 import gzip
+import json
 import math
+import subprocess
+import sys
 
 from flax import nnx
 import jax
@@ -26,6 +29,7 @@ from models import transformer
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 from storage import layout
+from tests.conftest import REPO
 
 VOCAB = 64
 FIRST_WORD = max(PAD_ID, EOS_ID, tokenizer_lib.UNK_ID) + 1
@@ -237,3 +241,25 @@ def test_trained_model_decodes_like_ours(trained_workdir, multi30k_dir, tmp_path
   agree = sum(o == t for o, t in zip(ours, theirs))
   assert agree >= 0.99 * len(sources), [
       (i, o, t) for i, (o, t) in enumerate(zip(ours, theirs)) if o != t]
+
+
+@pytest.mark.slow
+def test_infer_export_mode_writes_a_model_that_decodes_like_ours(trained_workdir,
+                                                                 tmp_path):
+  directory = tmp_path / "ct2"
+  result = subprocess.run(
+      [sys.executable, str(REPO / "infer.py"), "--mode=export", "--format=ctranslate2",
+       f"--workdir={trained_workdir}", f"--output={directory}"],
+      cwd=REPO, capture_output=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr.decode()[-3000:]
+  assert json.loads(result.stdout.decode().splitlines()[-1])["output"] == str(directory)
+  partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
+  model = restore.restore_params(str(trained_workdir), partitioner)
+  tokenizer = layout.load_tokenizer(str(trained_workdir))
+  pieces = export.vocabulary(tokenizer)
+  sources = [tokenizer.encode(text) + [EOS_ID] for text in (
+      "A man in a blue shirt is riding a bike.", "Two dogs play in the snow.")]
+  translator = ctranslate2.Translator(str(directory), device="cpu", intra_threads=1)
+  ours, theirs = _decode_both(model.graphdef, model.params, translator, pieces, sources,
+                              1, 1.5, 10.0, 32)
+  assert ours == theirs
