@@ -140,3 +140,27 @@ def test_two_processes_match_one_process_on_the_same_global_batch(prepared, tmp_
   expected = Run(prepared, (8, 1, 1)).train(batches)
   np.testing.assert_allclose([losses[1], losses[2]], expected, rtol=1e-5)
   assert _checkpoint_steps(workdir) == [2]
+
+
+def test_a_second_run_on_a_locked_workdir_exits_at_once(prepared, tmp_path):
+  workdir = _workdir(prepared, tmp_path / "run")
+  # This test process is alive on this host: its lock is not stale.
+  (workdir / "train.lock").write_text(json.dumps(
+      {"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+  log = tmp_path / "run.log"
+  with open(log, "w") as f:
+    assert _start(_command(prepared, workdir), f).wait(TIMEOUT) != 0
+  assert f"being trained by PID {os.getpid()}" in log.read_text()
+  assert sorted(p.name for p in workdir.iterdir()) == ["spm.model", "train.lock"]
+
+
+def test_a_bad_config_stops_before_anything_is_written(prepared, tmp_path):
+  log = tmp_path / "run.log"
+  with open(log, "w") as f:
+    proc = _start(_command(prepared, tmp_path / "run", "--config.decode.beam_size=0",
+                           "--config.checkpoint_every_steps=0"), f)
+    assert proc.wait(TIMEOUT) != 0
+  text = log.read_text()
+  assert "config.decode.beam_size=0" in text, text[-3000:]
+  assert "config.checkpoint_every_steps=0" in text
+  assert not (tmp_path / "run").exists()

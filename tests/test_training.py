@@ -113,31 +113,37 @@ def test_label_smoothed_loss_is_zero_at_the_smoothed_target():
   assert float(worse) > 0.1
 
 
-def _nan_at(bad_step: int):
-  """A train step whose update at `state.step == bad_step` makes loss and params NaN."""
+def _nan_at(bad_step: int, loss: bool = True):
+  """A train step whose update at `state.step == bad_step` makes params NaN (and the
+  loss too if `loss`; else the loss stays finite and only the parameters diverge)."""
   original = steps.train_step
 
   def train_step(state, batch, **kwargs):
     new_state, metrics = original(state, batch, **kwargs)
     poison = lambda x: jnp.where(state.step == bad_step, jnp.nan, x)
-    metrics = {**metrics, "loss": poison(metrics["loss"])}
+    if loss:
+      metrics = {**metrics, "loss": poison(metrics["loss"])}
     return new_state.replace(params=jax.tree.map(poison, new_state.params)), metrics
   return train_step
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bad_step,in_loss,what", [
+    (7, True, "step 8.*checkpoint is step 5"),
+    # The parameters of step 10, which is saved, are NaN; its loss is not.
+    (9, False, "parameters.*step 10.*checkpoint is step 5")])
 def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path,
-                                                      monkeypatch):
+                                                      monkeypatch, bad_step,
+                                                      in_loss, what):
   config = prepared[0].copy_and_resolve_references()
   config.num_train_steps = 12
   config.checkpoint_every_steps = 5
   config.eval_every_steps = 100
-  # The 8th step (state.step == 7) diverges.
-  monkeypatch.setattr(steps, "train_step", _nan_at(7))
+  monkeypatch.setattr(steps, "train_step", _nan_at(bad_step, loss=in_loss))
   workdir = tmp_path / "run"
   (workdir).mkdir()
   (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
-  with pytest.raises(trainer.NonFiniteLossError, match="step 8.*checkpoint is step 5"):
+  with pytest.raises(trainer.NonFiniteLossError, match=what):
     train_in(config, workdir, prepared)
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit()) == [5]
