@@ -25,6 +25,7 @@ from bench import decode as decode_bench
 from bench import timing
 from data import tokenizer as tokenizer_lib
 from models import decoding
+from models import search
 from models import transformer
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
@@ -117,7 +118,7 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
           sub(lambda l, y: l.mlp(l.mlp_norm(y))), (layer_params, y),
           2 * d * cfg.mlp_dim * 4, cfg.num_decoder_layers),
       "cache reorder (all layers)": (
-          jax.jit(decoding._reorder_cache),  # pylint: disable=protected-access
+          jax.jit(search.reorder_cache),
           (cache, jnp.zeros((batch, beam), jnp.int32)), 0, 1),
       "model step (decode_step)": (
           jax.jit(lambda p, *a: nnx.merge(graphdef, p).decode_step(*a)),

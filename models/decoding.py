@@ -4,80 +4,25 @@ The encoder runs once per batch and every decoder layer's cross-attention keys/v
 are projected once per sentence. They are not tiled over the beam: the beams of a
 sentence become the query axis of cross-attention (`MultiHeadAttention.attend`), so a
 [batch * beam] decoder attends to [batch] keys/values. Self-attention keys/values go
-into a cache preallocated for `max_decode_len` positions and written in place.
+into a cache preallocated for `max_decode_len` positions and written in place. The
+output projection reads an [embed, vocab] table laid out once per call.
 
-Search rules (`beam_search`), per sentence:
-- Each step expands every live hypothesis by every token except pad and keeps
-  the `beam_size` best candidates by log-probability. Candidates ending in EOS, or
-  reaching the sentence's max length `min(floor(a * src_len + b), max_decode_len)`,
-  move to the finished set (the `beam_size` best by length-normalised score); the
-  others stay live. So beam 1 is exactly greedy search, whatever `alpha` is.
-- Score = sum of log-probabilities / ((5 + length) / 6) ** alpha (GNMT). Length counts
-  the EOS token when the hypothesis ends with one; a hypothesis cut at the max length
-  has no EOS. `lengths == (tokens != pad_id).sum(-1)`.
-- The sentence stops once its finished set is full and no live hypothesis can beat
-  the worst finished one (`live_score_bound`), or when nothing is live. Its state is
-  then frozen, so the result does not depend on how long its batch mates run.
-
-The special ids are not declared here: the pad id (also the decoder's start token) is
-the model's `cfg.pad_id`, and callers pass the tokenizer's `eos_id`.
+The search itself (models/search.py) knows nothing of the model: this module gives it
+`Transformer.decode_step` as its step function. The special ids are not declared
+here: the pad id (also the decoder's start token) is the model's `cfg.pad_id`, and
+callers pass the tokenizer's `eos_id`.
 """
 from collections.abc import Callable
-from typing import NamedTuple
 
-import flax
 from flax import nnx
 import jax
-from jax import lax
 import jax.numpy as jnp
 
-from models.transformer import CrossKV, DecodeCache, OutputTable, Transformer
-from parallel.sharding import Partitioner, logical_to_spec, with_logical_constraint
+from models import search
+from models.search import Decoded
+from parallel.sharding import Partitioner
 
 Array = jax.Array
-NEG_INF = -jnp.inf
-CACHE_AXES = ("batch", "heads", "length", "kv")  # [batch * beam, heads, max_len, kv]
-
-
-class Decoded(NamedTuple):
-  """Beam-search output: n-best hypotheses per sentence, best first."""
-  tokens: Array  # [batch, nbest, max_decode_len] int32, EOS kept, pad after it
-  scores: Array  # [batch, nbest] float32 length-normalised; -inf for missing ones
-  lengths: Array  # [batch, nbest] int32 tokens including EOS (0 for missing ones)
-  steps: Array  # [] int32 decoder steps the loop ran (early stopping shows here)
-
-
-@flax.struct.dataclass
-class BeamState:
-  """The `lax.while_loop` carry. Empty slots have log-probability/score -inf."""
-  step: Array  # [] int32: tokens decoded so far = position written next
-  alive_seqs: Array  # [batch, beam, max_decode_len] int32
-  alive_logp: Array  # [batch, beam] float32 sum of log-probabilities
-  finished_seqs: Array  # [batch, beam, max_decode_len] int32
-  finished_scores: Array  # [batch, beam] float32, sorted best first
-  finished_lens: Array  # [batch, beam] int32
-  cache: DecodeCache  # self-attention K/V, rows [batch * beam]
-
-
-def length_penalty(length: Array, alpha: Array) -> Array:
-  """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al., 2016)."""
-  return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
-
-
-def live_score_bound(alive_logp: Array, length: Array, max_len: Array,
-                     alpha: Array) -> Array:
-  """[batch] upper bound on the score any live hypothesis can still reach.
-
-  alive_logp [batch, beam] (-inf for empty slots) of hypotheses with `length` tokens;
-  max_len [batch]. A hypothesis's final log-probability is at most its current one
-  s <= 0 and its final length L lies in (length, max_len]. As the penalty is
-  monotone in L (up or down by the sign of alpha), s / penalty(L) is at most s over
-  the larger penalty of the two ends. With alpha > 0 that is the max length: bounding
-  with the next length instead would stop too early.
-  """
-  largest_penalty = jnp.maximum(length_penalty(length + 1, alpha),
-                                length_penalty(max_len, alpha))  # [batch]
-  return jnp.max(alive_logp, axis=1) / largest_penalty
 
 
 def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
@@ -90,106 +35,6 @@ def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
   src_len = jnp.sum(inputs != pad_id, axis=-1).astype(jnp.float32)  # [batch]
   limit = jnp.floor(max_len_a * src_len + max_len_b)
   return jnp.clip(limit, 1, max_decode_len).astype(jnp.int32)
-
-
-def _top_k(x: Array, k: int) -> tuple[Array, Array]:
-  """`lax.top_k` of x [batch, ..., n] over its last axis, on each batch shard.
-
-  The partitioner does not split XLA's TopK by rows: it would gather the whole
-  candidate array onto every device at every step.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  names = ("batch",) + (None,) * (x.ndim - 1)
-  spec = None if mesh.empty else logical_to_spec(names, shape=x.shape, mesh=mesh)
-  if spec is None or spec[0] is None:
-    return lax.top_k(x, k)
-  return jax.shard_map(lambda y: tuple(lax.top_k(y, k)), mesh=mesh, in_specs=spec,
-                       out_specs=(spec, spec))(x)
-
-
-def _gather_beams(x: Array, idx: Array) -> Array:
-  """x [batch, n, ...] -> [batch, k, ...] picked by idx [batch, k] per sentence.
-
-  A batched gather (batch is a gather batch dimension), so a batch-sharded x stays on
-  its shard.
-  """
-  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
-
-
-def _reorder_cache(cache: DecodeCache, parent: Array) -> DecodeCache:
-  """Self-attention cache rows follow their hypotheses' parents.
-
-  Cost: per step this copies the whole cache, 2 * layers * batch * beam *
-  max_decode_len * qkv_dim values, the price of a cache that attention reads
-  contiguously. Skipped for beam 1, where the parent is always the row itself.
-  """
-  if parent.shape[1] == 1:
-    return cache
-  batch, beam = parent.shape
-
-  def move(c: Array) -> Array:  # [batch * beam, heads, max_decode_len, head_dim]
-    c = _gather_beams(c.reshape((batch, beam) + c.shape[1:]), parent)
-    return with_logical_constraint(c.reshape((batch * beam,) + c.shape[2:]), CACHE_AXES)
-
-  return DecodeCache(k=tuple(map(move, cache.k)), v=tuple(map(move, cache.v)),
-                     index=cache.index)
-
-
-def _step(model: Transformer, state: BeamState, cross_kv: CrossKV, src_mask: Array,
-          output_table: OutputTable, max_len: Array, alpha: Array, eos_id: int,
-          suppress_eos: bool) -> BeamState:
-  """One decoder step for every live hypothesis, then the beam bookkeeping."""
-  batch, beam = state.alive_seqs.shape[:2]
-  t = state.step
-  pad_id = model.cfg.pad_id
-  # Decoder input: the token at t - 1, the start token (pad) at t = 0.
-  prev = lax.dynamic_index_in_dim(state.alive_seqs, jnp.maximum(t - 1, 0), axis=2,
-                                  keepdims=False)  # [batch, beam]
-  prev = jnp.where(t == 0, pad_id, prev)
-  logits, cache = model.decode_step(prev.reshape(-1), t, state.cache, cross_kv,
-                                    src_mask, output_table)  # [batch * beam, vocab]
-  vocab = logits.shape[-1]
-  logits = logits.reshape(batch, beam, vocab)
-  # log p = logits - logsumexp over the whole vocabulary. Pad is never emitted; its
-  # probability mass is dropped, not renormalised, so scores stay sums of the
-  # model's log-probabilities.
-  log_norm = jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [batch, beam, 1]
-  logits = logits.at[..., pad_id].set(NEG_INF)
-  if suppress_eos:
-    logits = logits.at[..., eos_id].set(NEG_INF)
-  # Exact two-stage top-k: the beam best of beam * vocab candidates are among each
-  # hypothesis's min(beam, vocab) best tokens. Ties resolve as in one top-k over
-  # [beam * vocab] (lower parent, then lower token), at a third of its cost.
-  k = min(beam, vocab)
-  row_logits, row_tokens = _top_k(logits, k)  # [batch, beam, k]
-  candidates = state.alive_logp[..., None] + (row_logits - log_norm)
-  top_logp, top_idx = _top_k(candidates.reshape(batch, beam * k), beam)  # [batch, beam]
-  parent = top_idx // k
-  token = jnp.take_along_axis(row_tokens.reshape(batch, beam * k), top_idx, axis=1)
-  seqs = _gather_beams(state.alive_seqs, parent)
-  seqs = lax.dynamic_update_index_in_dim(seqs, token, t, axis=2)
-  length = t + 1
-  finishing = (token == eos_id) | (length >= max_len[:, None])  # [batch, beam]
-
-  # Finished set: the beam best of old and new, old first so that ties keep it.
-  new_scores = jnp.where(finishing, top_logp / length_penalty(length, alpha), NEG_INF)
-  all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
-  finished_scores, keep = _top_k(all_scores, beam)  # [batch, beam]
-  all_seqs = jnp.concatenate([state.finished_seqs, seqs], axis=1)
-  all_lens = jnp.concatenate(
-      [state.finished_lens, jnp.full((batch, beam), length, jnp.int32)], axis=1)
-  finished_seqs = _gather_beams(all_seqs, keep)
-  finished_lens = _gather_beams(all_lens, keep)
-
-  alive_logp = jnp.where(finishing, NEG_INF, top_logp)  # [batch, beam]
-  bound = live_score_bound(alive_logp, length, max_len, alpha)  # [batch]
-  # Done once no live hypothesis can beat the worst finished one (also when nothing
-  # is live: the bound is then -inf).
-  done = finished_scores[:, -1] >= bound
-  alive_logp = jnp.where(done[:, None], NEG_INF, alive_logp)  # Freezes the sentence.
-  return BeamState(step=length, alive_seqs=seqs, alive_logp=alive_logp,
-                   finished_seqs=finished_seqs, finished_scores=finished_scores,
-                   finished_lens=finished_lens, cache=_reorder_cache(cache, parent))
 
 
 def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
@@ -208,8 +53,6 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   Compile it with `Partitioner.jit` (see `jit_beam_search`) so that it traces under
   the run's mesh and rules; `beam_search_jit` is the same without a mesh.
   """
-  if not 1 <= nbest <= beam_size:
-    raise ValueError(f"nbest={nbest} must be between 1 and beam_size={beam_size}.")
   if forced_len is not None and not 1 <= forced_len <= max_decode_len:
     raise ValueError(f"forced_len={forced_len} must be between 1 and "
                      f"max_decode_len={max_decode_len}.")
@@ -218,43 +61,27 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
     raise ValueError(f"max_decode_len={max_decode_len} exceeds model.max_len="
                      f"{model.cfg.max_len}, beyond which positions are clipped; "
                      "lower it.")
-  batch, beam = inputs.shape[0], beam_size
-  alpha = jnp.asarray(alpha, jnp.float32)
+  batch = inputs.shape[0]
   if forced_len is None:
     max_len = max_lengths(inputs, jnp.asarray(max_len_a, jnp.float32),
                           jnp.asarray(max_len_b, jnp.float32), max_decode_len,
                           model.cfg.pad_id)
   else:
     max_len = jnp.full((batch,), forced_len, jnp.int32)
-  num_steps = max_decode_len if forced_len is None else forced_len
-
-  cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, src_len, ...]
+  cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, heads, src, kv]
   output_table = model.output_table()  # [embed, vocab], laid out once per call.
   src_mask = inputs != model.cfg.pad_id  # [batch, src_len]
-  seqs = jnp.full((batch, beam, max_decode_len), model.cfg.pad_id, jnp.int32)
-  # Only beam 0 is live at first: the others would repeat it.
-  alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)
-  state = BeamState(
-      step=jnp.zeros((), jnp.int32), alive_seqs=seqs,
-      alive_logp=jnp.broadcast_to(alive_logp, (batch, beam)).astype(jnp.float32),
-      finished_seqs=seqs, finished_scores=jnp.full((batch, beam), NEG_INF),
-      finished_lens=jnp.zeros((batch, beam), jnp.int32),
-      cache=model.init_cache(batch * beam, max_decode_len))
 
-  def cond(s: BeamState) -> Array:
-    return (s.step < num_steps) & jnp.any(s.alive_logp > NEG_INF)
+  def step_fn(tokens, t, cache):
+    return model.decode_step(tokens, t, cache, cross_kv, src_mask, output_table)
 
-  def body(s: BeamState) -> BeamState:
-    return _step(model, s, cross_kv, src_mask, output_table, max_len, alpha, eos_id,
-                 suppress_eos=forced_len is not None)
-
-  state = lax.while_loop(cond, body, state)
-  scores = state.finished_scores[:, :nbest]  # [batch, nbest]
-  found = scores > NEG_INF  # Fewer than nbest only with a tiny vocabulary/max length.
-  tokens = jnp.where(found[..., None], state.finished_seqs[:, :nbest],
-                     model.cfg.pad_id)
-  lengths = jnp.where(found, state.finished_lens[:, :nbest], 0)
-  return Decoded(tokens=tokens, scores=scores, lengths=lengths, steps=state.step)
+  return search.search(
+      step_fn, model.init_cache(batch * beam_size, max_decode_len), max_len,
+      jnp.asarray(alpha, jnp.float32), batch=batch, beam_size=beam_size,
+      max_decode_len=max_decode_len,
+      num_steps=max_decode_len if forced_len is None else forced_len,
+      eos_id=eos_id, pad_id=model.cfg.pad_id, nbest=nbest,
+      suppress_eos=forced_len is not None)
 
 
 _STATIC = ("eos_id", "beam_size", "max_decode_len", "nbest", "forced_len")

@@ -15,6 +15,7 @@ from flax import nnx
 from data.tokenizer import EOS_ID as EOS
 from data.tokenizer import PAD_ID
 from models import Transformer, TransformerConfig, decoding
+from models.search import live_score_bound
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 
@@ -289,7 +290,7 @@ def test_live_score_bound_is_the_best_reachable_score(alpha):
   alive_logp = np.array([[-2.0, -0.5, -np.inf], [-3.0, -1.0, -4.0],
                          [-np.inf] * 3], np.float32)  # [batch, beam]
   length, max_len = 3, np.array([4, 12, 9], np.int32)
-  bound = decoding.live_score_bound(jnp.asarray(alive_logp), jnp.asarray(length),
+  bound = live_score_bound(jnp.asarray(alive_logp), jnp.asarray(length),
                                     jnp.asarray(max_len), jnp.float32(alpha))
   expected = [max(s / penalty(n, alpha) for s in row for n in range(length + 1, m + 1))
               for row, m in zip(alive_logp, max_len)]

@@ -1,0 +1,100 @@
+"""The beam search alone, on stub step functions: no model, seconds to run.
+
+A bigram "model" (logits depend only on the previous token) has a closed form for
+every sequence's log-probability, so the search can be checked against brute force.
+"""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models import search
+
+PAD, EOS = 0, 1  # The stub's own ids; the search takes them as arguments.
+VOCAB = 5  # pad, EOS and three words.
+
+
+def bigram_step(table: np.ndarray):
+  """A step function whose logits are table[previous token]; the cache counts steps."""
+  table = jnp.asarray(table, jnp.float32)
+
+  def step_fn(tokens, t, cache):
+    del t
+    return table[tokens], {"steps": cache["steps"] + 1, "rows": cache["rows"]}
+  return step_fn
+
+
+def run(table, *, batch=1, beam, max_len, alpha, nbest, suppress_eos=False):
+  rows = batch * beam
+  cache = {"steps": jnp.zeros((), jnp.int32), "rows": jnp.arange(rows)}
+  fn = jax.jit(lambda: search.search(
+      bigram_step(table), cache, jnp.full((batch,), max_len, jnp.int32),
+      jnp.float32(alpha), batch=batch, beam_size=beam, max_decode_len=max_len,
+      num_steps=max_len, eos_id=EOS, pad_id=PAD, nbest=nbest,
+      suppress_eos=suppress_eos))
+  return fn()
+
+
+def brute_force(table, max_len, alpha, nbest):
+  """Every sequence of words ending in EOS (or cut at max_len), scored exactly."""
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table, jnp.float32)), np.float64)
+  words = range(EOS + 1, VOCAB)
+  seqs = [w + (EOS,) for n in range(max_len) for w in itertools.product(words, repeat=n)]
+  seqs += list(itertools.product(words, repeat=max_len))
+  scored = []
+  for seq in seqs:
+    prev, total = PAD, 0.0
+    for tok in seq:
+      total += logp[prev, tok]
+      prev = tok
+    scored.append((total / ((5 + len(seq)) / 6) ** alpha, seq))
+  return sorted(scored, reverse=True)[:nbest]
+
+
+def nbest_lists(out, row=0):
+  tokens, lengths = np.asarray(out.tokens[row]), np.asarray(out.lengths[row])
+  return [(float(s), tuple(int(x) for x in t[:n]))
+          for s, t, n in zip(np.asarray(out.scores[row]), tokens, lengths)]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
+def test_wide_beam_is_exhaustive(alpha):
+  """Beam 27 keeps every live prefix of 3 words: the n-best is the brute force's."""
+  table = np.random.RandomState(0).normal(size=(VOCAB, VOCAB)) * 2
+  out = run(table, beam=27, max_len=3, alpha=alpha, nbest=5)
+  got, expected = nbest_lists(out), brute_force(table, 3, alpha, 5)
+  assert [s for _, s in got] == [s for _, s in expected]
+  np.testing.assert_allclose([s for s, _ in got], [s for s, _ in expected], rtol=1e-5)
+
+
+def test_pad_is_never_emitted_and_lengths_count_tokens():
+  table = np.zeros((VOCAB, VOCAB))
+  table[:, PAD] = 10.0  # The stub prefers pad by far: the search must skip it.
+  out = run(table, beam=3, max_len=4, alpha=0.6, nbest=3)
+  tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  np.testing.assert_array_equal(lengths, (tokens != PAD).sum(-1))
+  for _, seq in nbest_lists(out):
+    assert PAD not in seq
+  assert np.all(np.diff(np.asarray(out.scores), axis=1) <= 0)  # Best first.
+
+
+def test_suppressed_eos_runs_every_hypothesis_to_the_limit():
+  table = np.zeros((VOCAB, VOCAB))
+  table[:, EOS] = 10.0  # EOS would end everything at once.
+  out = run(table, beam=2, max_len=4, alpha=0.6, nbest=2, suppress_eos=True)
+  assert int(out.steps) == 4 and np.all(np.asarray(out.lengths) == 4)
+  assert not np.any(np.asarray(out.tokens) == EOS)
+  early = run(table, beam=2, max_len=4, alpha=0.6, nbest=1)
+  assert int(early.steps) < 4 and nbest_lists(early)[0][1] == (EOS,)
+
+
+def test_reorder_cache_follows_parents_and_leaves_scalars():
+  cache = {"k": jnp.arange(6 * 2).reshape(6, 2), "step": jnp.int32(7)}
+  parent = jnp.array([[1, 1, 0], [2, 0, 0]])  # batch 2, beam 3
+  moved = search.reorder_cache(cache, parent)
+  rows = [1, 1, 0, 3 + 2, 3 + 0, 3 + 0]
+  np.testing.assert_array_equal(moved["k"], np.asarray(cache["k"])[rows])
+  assert int(moved["step"]) == 7
+  assert search.reorder_cache(cache, parent[:, :1]) is cache  # Beam 1: no copy.
