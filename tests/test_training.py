@@ -56,6 +56,13 @@ def test_sharded_steps_match_one_device(prepared, mesh_shape):
   assert mu.sharding == embedding.sharding
 
 
+def test_adafactor_trains_on_a_sharded_mesh(prepared):
+  """Factored moments are not shaped like their parameters: they are replicated."""
+  run = Run(prepared, (2, 2, 2), **{"optimizer": "adafactor"})
+  losses = run.train(_batches(prepared, 2))
+  assert all(np.isfinite(losses))
+
+
 def test_restore_onto_another_mesh_and_continue(prepared, tmp_path):
   batches = _batches(prepared, 3)
   first = Run(prepared, (4, 2, 1))

@@ -129,14 +129,18 @@ def create_train_state(model_cfg: transformer.TransformerConfig,
                        seed: int) -> InitialState:
   """Initialises the train state with every array created directly in its own shard.
 
-  Shapes and shardings start from `Partitioner.abstract_params`; the optimizer state
-  takes each parameter's sharding for the moments of that parameter.
+  Shapes and shardings start from `Partitioner.abstract_params`; an optimizer moment
+  shaped like its parameter (Adam's) takes the parameter's sharding, a factored one
+  (Adafactor's row and column statistics) is replicated.
   """
   make_model = model_cfg.make_model(seed)
   graphdef, abstract_params = partitioner.abstract_params(make_model)
+  def like_param(x, p):
+    sharding = p.sharding if x.shape == p.shape else partitioner.replicated
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
   abstract_opt = optax.tree_map_params(
-      tx, lambda x, p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p.sharding),
-      jax.eval_shape(tx.init, abstract_params), abstract_params,
+      tx, like_param, jax.eval_shape(tx.init, abstract_params), abstract_params,
       transform_non_params=lambda x: jax.ShapeDtypeStruct(
           x.shape, x.dtype, sharding=partitioner.replicated))
   abstract = steps.TrainState(
