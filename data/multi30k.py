@@ -36,10 +36,18 @@ class LineCountMismatchError(Exception):
 
 
 def read_lines(path: str) -> list[str]:
-  """Reads a (possibly gzipped) UTF-8 text file into lines without newlines."""
+  r"""Reads a (possibly gzipped) UTF-8 text file into lines without newlines.
+
+  Splits on "\n" only (one trailing "\r" per line is dropped): `str.splitlines` and
+  universal newlines would also split on U+2028, U+0085, "\x1c", a lone "\r"...
+  inside a sentence and silently misalign the parallel pairs.
+  """
   opener = gzip.open if str(path).endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    return f.read().splitlines()
+  with opener(path, "rt", encoding="utf-8", newline="") as f:
+    lines = f.read().split("\n")
+  if lines[-1] == "":  # A final newline ends the last line; no extra line.
+    lines.pop()
+  return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def read_parallel(src_path: str, tgt_path: str) -> tuple[list[str], list[str]]:

@@ -77,6 +77,21 @@ def test_line_count_mismatch_names_both_files(tmp_path, smoke_config):
     datasets.load_sources(config.data, ["train"])
 
 
+def test_unicode_separators_inside_a_line_keep_pairs_aligned(tmp_path):
+  """Regression: `str.splitlines` also split on U+2028, U+0085, \x1c, a lone \r."""
+  en = ["A man\u2028walks.", "A dog\x85runs.", "Two\x1ccats.", "A\rbird.", "End."]
+  fr = ["Un homme marche.", "Un chien court.", "Deux chats.", "Un oiseau.", "Fin."]
+  with gzip.open(tmp_path / "x.en.gz", "wb") as f:  # CRLF line ends on this side.
+    f.write("".join(line + "\r\n" for line in en).encode("utf-8"))
+  _write_gz(tmp_path / "x.fr.gz", fr)
+  assert multi30k.read_parallel(str(tmp_path / "x.en.gz"),
+                                str(tmp_path / "x.fr.gz")) == (en, fr)
+  (tmp_path / "empty.txt").write_bytes(b"")
+  (tmp_path / "no_final_newline.txt").write_bytes(b"a\n\nb")
+  assert multi30k.read_lines(str(tmp_path / "empty.txt")) == []
+  assert multi30k.read_lines(str(tmp_path / "no_final_newline.txt")) == ["a", "", "b"]
+
+
 def test_manual_dir_must_exist(smoke_config, tmp_path):
   config = smoke_config.copy_and_resolve_references()
   config.data.manual_dir = str(tmp_path / "nowhere")
