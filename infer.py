@@ -167,11 +167,18 @@ def _export():
 
 
 def _write(lines, path):
+  """Writes the lines as UTF-8, to stdout too whatever the locale's encoding."""
   text = "".join(line + "\n" for line in lines)
   if path == "-":
-    sys.stdout.write(text)
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None)  # None if stdout was replaced by text.
+    if out is None:
+      sys.stdout.write(text)
+    else:
+      out.write(text.encode("utf-8"))
+      out.flush()
   else:
-    epath.Path(path).write_text(text)
+    epath.Path(path).write_text(text, encoding="utf-8")
 
 
 def _evaluate():
@@ -204,6 +211,10 @@ def main(argv):
     print(restore.average_checkpoints(_workdir(), _partitioner(config),
                                       _AVERAGE_LAST.value))
   elif _MODE.value == "translate":
+    try:  # Before the model loads: a bad --output fails at once.
+      translate.check_output_path(_OUTPUT.value)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
     name = "<stdin>" if _INPUT.value == "-" else _INPUT.value
     data = (sys.stdin.buffer.read() if _INPUT.value == "-"
             else epath.Path(_INPUT.value).read_bytes())

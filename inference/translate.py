@@ -1,8 +1,10 @@
 """Text in, text out: clean input lines, batch by length, decode, restore the order.
 
-Every input line gives exactly one output line, in input order: empty or whitespace
-lines give empty lines without reaching the model, invalid UTF-8 is replaced (with a
-warning), and over-long lines are truncated to the model's limit (with a warning).
+Every input line gives exactly one output line, in input order: empty lines, and
+lines of only whitespace, BOM or zero-width characters, give empty lines without
+reaching the model, invalid UTF-8 is replaced (with a warning), over-long lines are
+truncated to the model's limit (with a warning), and no hypothesis holds a newline,
+carriage return or tab.
 Sentences are sorted by length into a few bucket lengths and batched by a token
 budget, so the decoder compiles for a handful of shapes only.
 """
@@ -10,6 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import itertools
 import math
+import os
+import re
 import sys
 from typing import Any
 
@@ -25,6 +29,14 @@ from models import decoding
 from parallel.sharding import Partitioner
 
 BUCKETS = (8, 16, 32, 64, 128, 256, 512)
+MAX_ROWS = 256  # Rows per batch at most, whatever the token budget allows.
+
+# Characters that would break one output line per input line or the n-best
+# `hyp<TAB>score` format; byte-fallback pieces can decode to them.
+_LINE_BREAKERS = str.maketrans({"\n": " ", "\r": " ", "\t": " "})
+# Whitespace, BOM and zero-width characters: a line of only these is empty.
+_EDGES = re.compile(r"^[\s\ufeff\u200b\u200c\u200d\u2060]+"
+                    r"|[\s\ufeff\u200b\u200c\u200d\u2060]+$")
 
 # decode(inputs [batch, src_len] int32) -> (tokens [batch, nbest, out_len],
 #                                           scores [batch, nbest])
@@ -95,14 +107,52 @@ def read_lines(data: bytes, name: str) -> list[str]:
   return texts
 
 
+def check_output_path(path: str) -> None:
+  """Raises ValueError naming `path` if an output file cannot be written there.
+
+  Called before the model loads, so a typo fails in a second, not after restoring
+  and translating. "-" (stdout) and remote paths (scheme://) are not checked.
+  """
+  if path == "-" or "://" in path:
+    return
+  parent = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise ValueError(f"Output file {path} is a directory; give a file path.")
+  if not os.path.isdir(parent):
+    raise ValueError(f"Output file {path}: directory {parent} does not exist; create it"
+                     " or give another path.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ValueError(f"Output file {path}: directory {parent} is not writable; fix its"
+                     " permissions or give another path.")
+  if os.path.exists(path) and not os.access(path, os.W_OK):
+    raise ValueError(f"Output file {path} exists and is not writable.")
+
+
+def clean(text: str) -> str:
+  """`text` without leading/trailing whitespace, BOM (U+FEFF) or zero-width characters.
+
+  A line holding only those is empty, so it never reaches the model.
+  """
+  return _EDGES.sub("", text)
+
+
+def one_line(text: str) -> str:
+  """`text` with newline, carriage return and tab replaced by spaces.
+
+  Keeps one output line per input line and the n-best format parseable.
+  """
+  return text.translate(_LINE_BREAKERS)
+
+
 def tokenize(texts: Sequence[str], tokenizer, max_len: int, name: str) -> list[Source]:
-  """Ids + eos per line, cut to `max_len` tokens (warning names the line)."""
+  """Ids + eos per cleaned line, cut to `max_len` tokens (warning names the line)."""
   sources = []
   for number, text in enumerate(texts, 1):
-    if not text.strip():
+    text = clean(text)
+    if not text:
       sources.append(Source(number, []))
       continue
-    ids = tokenizer.encode(text.strip()) + [tokenizer_lib.EOS_ID]
+    ids = tokenizer.encode(text) + [tokenizer_lib.EOS_ID]
     if len(ids) > max_len:
       logging.warning("%s:%d: %d tokens, more than the model's limit of %d;"
                       " translating the first %d. Split the line to translate all"
@@ -116,17 +166,18 @@ def _bucket(length: int) -> int:
   return next((b for b in BUCKETS if b >= length), length)
 
 
-def batches(sources: Sequence[Source], batch_tokens: int
+def batches(sources: Sequence[Source], batch_tokens: int, max_rows: int = MAX_ROWS
             ) -> Iterable[tuple[list[Source], np.ndarray]]:
   """(sources, inputs [rows, bucket]) batches of similar length within `batch_tokens`.
 
-  A bucket's full batches have batch_tokens // bucket rows; its last, partial batch is
-  padded to a power of two rows, so few distinct shapes are compiled.
+  A bucket's full batches have min(max_rows, batch_tokens // bucket) rows (the cap
+  bounds the beam search's memory when short lines meet a large budget); its last,
+  partial batch is padded to a power of two rows, so few distinct shapes are compiled.
   """
   todo = sorted((s for s in sources if s.ids), key=lambda s: len(s.ids))
   for length, group in itertools.groupby(todo, key=lambda s: _bucket(len(s.ids))):
     group = list(group)
-    per_batch = max(1, batch_tokens // length)
+    per_batch = max(1, min(max_rows, batch_tokens // length))
     for start in range(0, len(group), per_batch):
       take = group[start:start + per_batch]
       rows = min(per_batch, 1 << (len(take) - 1).bit_length())
@@ -138,17 +189,21 @@ def batches(sources: Sequence[Source], batch_tokens: int
 
 def translate(texts: Sequence[str], tokenizer: tokenizer_lib.Tokenizer,
               decode: DecodeFn, *, max_len: int, batch_tokens: int,
-              name: str = "<input>", progress: bool = False) -> list[Translation]:
-  """One Translation per text, in order; empty texts never reach the decoder."""
+              max_rows: int = MAX_ROWS, name: str = "<input>",
+              progress: bool = False) -> list[Translation]:
+  """One Translation per text, in order; empty texts never reach the decoder.
+
+  Hypothesis texts hold no newline, carriage return or tab (see `one_line`).
+  """
   sources = tokenize(texts, tokenizer, max_len, name)
   outputs = [Translation([]) for _ in sources]
-  work = list(batches(sources, batch_tokens))
+  work = list(batches(sources, batch_tokens, max_rows))
   for batch, inputs in tqdm.tqdm(work, disable=not progress, file=sys.stderr,
                                  unit="batch"):
     tokens, scores = decode(inputs)  # [rows, nbest, out_len], [rows, nbest]
     for r, source in enumerate(batch):
       outputs[source.line - 1] = Translation([
-          Hypothesis(tokenizer.decode(tokens[r, k]), float(scores[r, k]))
+          Hypothesis(one_line(tokenizer.decode(tokens[r, k])), float(scores[r, k]))
           for k in range(tokens.shape[1])])
   return outputs
 

@@ -3,9 +3,16 @@ one output line per input line, invisible-only lines, UTF-8 stdout, early output
 checks and capped batch rows."""
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 
+import numpy as np
+import pytest
+
+from inference import translate
 from tests import conftest
+from tests.conftest import REPO
 
 
 def test_jax_cache_dir_is_private_to_the_user():
@@ -30,3 +37,139 @@ def test_shared_or_foreign_cache_dir_is_not_used(tmp_path):
   not_dir = tmp_path / "file"
   not_dir.write_text("")
   assert conftest.private_cache_dir(str(not_dir)) is None
+
+
+class _FakeTokenizer:
+  """One id per word; every output decodes to `decoded`; records what it encodes."""
+
+  def __init__(self, decoded="a\nb\tc\r"):
+    self.decoded = decoded
+    self.encoded = []
+
+  def encode(self, text):
+    self.encoded.append(text)
+    return [5] * len(text.split())
+
+  def decode(self, ids):
+    del ids
+    return self.decoded
+
+
+def _fake_decode(inputs, nbest=2):
+  rows = inputs.shape[0]
+  return (np.full((rows, nbest, 3), 5, np.int32),
+          np.zeros((rows, nbest), np.float32))
+
+
+def test_hypotheses_never_hold_newline_carriage_return_or_tab():
+  translations = translate.translate(["A dog.", "", "Two cats run."],
+                                     _FakeTokenizer(), _fake_decode, max_len=64,
+                                     batch_tokens=64)
+  assert [t.text for t in translations] == ["a b c ", "", "a b c "]
+  nbest = [t.line(2) for t in translations]
+  assert nbest[0].split("\t") == ["a b c ", "0.0000", "a b c ", "0.0000"]
+  assert not any(c in line for line in nbest for c in "\n\r")
+
+
+def test_lines_of_only_bom_or_zero_width_characters_are_empty():
+  tokenizer = _FakeTokenizer()
+  texts = ["\ufeff", "\u200b\u200c \u200d\u2060", " \ufeff\t", "\ufeffA dog.\u200b",
+           "a\u200db"]
+  sources = translate.tokenize(texts, tokenizer, max_len=64, name="x")
+  assert [s.ids for s in sources[:3]] == [[], [], []]
+  assert all(s.ids for s in sources[3:])
+  assert tokenizer.encoded == ["A dog.", "a\u200db"]  # Inner zero-width kept.
+
+
+def test_batch_rows_are_capped_whatever_the_token_budget():
+  sources = [translate.Source(i + 1, [5] * 3) for i in range(1010)]
+  shapes, seen = [], []
+  for batch, inputs in translate.batches(sources, batch_tokens=10**6):
+    assert inputs.shape[0] <= translate.MAX_ROWS == 256
+    shapes.append(inputs.shape)
+    seen += [s.line for s in batch]
+  assert sorted(seen) == list(range(1, 1011))
+  shapes = [inputs.shape for _, inputs in
+            translate.batches(sources, batch_tokens=10**6, max_rows=100)]
+  assert shapes == [(100, 8)] * 10 + [(16, 8)]  # The last: 10 rows padded to 16.
+
+
+def test_output_path_is_checked(tmp_path):
+  translate.check_output_path("-")
+  translate.check_output_path(str(tmp_path / "out.txt"))
+  missing = tmp_path / "missing" / "out.txt"
+  with pytest.raises(ValueError, match=f"{missing}.*does not exist"):
+    translate.check_output_path(str(missing))
+  with pytest.raises(ValueError, match=f"{tmp_path} is a directory"):
+    translate.check_output_path(str(tmp_path))
+
+
+def _infer(*args, stdin=b"", env=None, code=None):
+  command = ([sys.executable, "-c", code, *args] if code
+             else [sys.executable, str(REPO / "infer.py"), *args])
+  return subprocess.run(command, cwd=REPO, input=stdin, capture_output=True,
+                        timeout=600, env=env)
+
+
+@pytest.mark.slow
+def test_bad_output_path_fails_before_the_model_loads(tmp_path):
+  output = tmp_path / "missing" / "out.fr"
+  result = _infer("--mode=translate", f"--workdir={tmp_path / 'no_run'}",
+                  f"--output={output}", stdin=b"A dog.\n")
+  assert result.returncode != 0
+  stderr = result.stderr.decode()
+  assert f"{output}" in stderr and "does not exist" in stderr, stderr[-3000:]
+  assert "not a training workdir" not in stderr  # It never got to the run.
+
+
+# infer.py with a translator that answers in non-ASCII text, without a checkpoint.
+# ASCII source: Python decodes a -c command with the locale's encoding.
+_FAKE_TRANSLATOR = """
+import sys
+from absl import app
+import infer
+from inference.translate import Hypothesis, Translation
+
+class FakeTranslator:
+  def translate(self, texts, **kwargs):
+    return [Translation([Hypothesis("Un caf\\u00e9 \\u00e0 " + t, 0.0)] if t else [])
+            for t in texts]
+
+infer._translator = FakeTranslator
+sys.argv = ["infer.py", *sys.argv[1:]]
+app.run(infer.main)
+"""
+
+
+def _c_locale_env():
+  """LC_ALL=C without PYTHONIOENCODING. LC_ALL=C alone turns on Python's UTF-8 mode
+  (PEP 540); PYTHONUTF8=0 keeps the locale's ASCII, as a non-UTF-8 locale would."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONIOENCODING", "PYTHONUTF8") and not k.startswith("LC_")}
+  env.update(LC_ALL="C", LANG="C", PYTHONUTF8="0")
+  return env
+
+
+@pytest.mark.slow
+def test_output_is_utf8_whatever_the_locale(tmp_path):
+  env = _c_locale_env()
+  stdin = "Un chien 🐕.\n\nDeux.\n".encode()
+  result = _infer("--mode=translate", stdin=stdin, env=env, code=_FAKE_TRANSLATOR)
+  assert result.returncode == 0, result.stderr.decode()[-3000:]
+  assert result.stdout.decode("utf-8").split("\n") == [
+      "Un café à Un chien 🐕.", "", "Un café à Deux.", ""]
+  output = tmp_path / "out.fr"
+  result = _infer("--mode=translate", f"--output={output}", stdin=stdin, env=env,
+                  code=_FAKE_TRANSLATOR)
+  assert result.returncode == 0, result.stderr.decode()[-3000:]
+  assert output.read_text(encoding="utf-8").startswith("Un café à Un chien 🐕.\n")
+
+
+@pytest.mark.slow
+def test_trained_model_translates_under_an_ascii_locale(trained_workdir):
+  stdin = "Un café, s'il vous plaît.\n\ufeff\nA dog 🐕 runs.\n".encode()
+  result = _infer("--mode=translate", f"--workdir={trained_workdir}", "--beam_size=1",
+                  stdin=stdin, env=_c_locale_env())
+  assert result.returncode == 0, result.stderr.decode()[-3000:]
+  lines = result.stdout.decode("utf-8").split("\n")
+  assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
