@@ -7,9 +7,13 @@
   python infer.py --mode=average   --workdir=DIR --average_last=5
   python infer.py --mode=export    --workdir=DIR --format=ctranslate2 --output=ct2_dir
 """
+import contextlib
 import dataclasses
+import io
 import json
+import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -61,6 +65,9 @@ _MAX_LEN_B = flags.DEFINE_float("max_len_b", _DEFAULTS.max_len_b, "Output limit"
 _NBEST = flags.DEFINE_integer("nbest", 1, "Hypotheses per line; > 1 writes"
                               " hyp<TAB>score pairs on the line.")
 _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.")
+_BUFFER_SIZE = flags.DEFINE_integer("buffer_size", 2000, "--mode=translate: lines read,"
+                                    " translated and written at a time, so memory"
+                                    " stays bounded and output appears as it goes.")
 _AVERAGE_LAST = flags.DEFINE_integer("average_last", 5, "Checkpoints to average.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "--mode=benchmark with random weights: the model config.")
@@ -166,19 +173,60 @@ def _export():
                     "parameters": transformer.count_params(params)}))
 
 
-def _write(lines, path):
-  """Writes the lines as UTF-8, to stdout too whatever the locale's encoding."""
-  text = "".join(line + "\n" for line in lines)
+@contextlib.contextmanager
+def _open_output(path):
+  """A binary stream for the output: stdout, or a temporary file renamed to `path`.
+
+  The rename happens only once every line is written, so a failed run leaves no
+  partial file (and an older output stays as it was). Remote paths are written at
+  the end in one piece.
+  """
   if path == "-":
     sys.stdout.flush()
-    out = getattr(sys.stdout, "buffer", None)  # None if stdout was replaced by text.
-    if out is None:
-      sys.stdout.write(text)
-    else:
-      out.write(text.encode("utf-8"))
+    yield sys.stdout.buffer
+    return
+  if "://" in path:
+    with contextlib.closing(io.BytesIO()) as buffer:
+      yield buffer
+      epath.Path(path).write_bytes(buffer.getvalue())
+    return
+  directory, base = os.path.split(os.path.abspath(path))
+  fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.fchmod(fd, 0o666 & ~umask)  # As an ordinary new file; mkstemp gives 0o600.
+  try:
+    with os.fdopen(fd, "wb") as f:
+      yield f
+    os.replace(temp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(temp)
+    raise
+
+
+def _translate():
+  """--input to --output in chunks of --buffer_size lines, one output line per input.
+
+  Output is UTF-8 whatever the locale's encoding.
+  """
+  try:  # Before the model loads: a bad --output fails at once.
+    translate.check_output_path(_OUTPUT.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if _BUFFER_SIZE.value < 1:
+    raise app.UsageError(f"--buffer_size={_BUFFER_SIZE.value}: give 1 or more lines.")
+  name = "<stdin>" if _INPUT.value == "-" else _INPUT.value
+  translator = _translator()
+  source = (contextlib.nullcontext(sys.stdin.buffer) if _INPUT.value == "-"
+            else epath.Path(_INPUT.value).open("rb"))
+  with source as lines, _open_output(_OUTPUT.value) as out:
+    for first_line, texts in translate.read_chunks(lines, _BUFFER_SIZE.value, name):
+      translations = translator.translate(texts, name=name, first_line=first_line,
+                                          progress=_INPUT.value != "-")
+      out.write("".join(t.line(_NBEST.value) + "\n"
+                        for t in translations).encode("utf-8"))
       out.flush()
-  else:
-    epath.Path(path).write_text(text, encoding="utf-8")
 
 
 def _evaluate():
@@ -211,16 +259,7 @@ def main(argv):
     print(restore.average_checkpoints(_workdir(), _partitioner(config),
                                       _AVERAGE_LAST.value))
   elif _MODE.value == "translate":
-    try:  # Before the model loads: a bad --output fails at once.
-      translate.check_output_path(_OUTPUT.value)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from e
-    name = "<stdin>" if _INPUT.value == "-" else _INPUT.value
-    data = (sys.stdin.buffer.read() if _INPUT.value == "-"
-            else epath.Path(_INPUT.value).read_bytes())
-    translations = _translator().translate(translate.read_lines(data, name), name=name,
-                                           progress=_INPUT.value != "-")
-    _write([t.line(_NBEST.value) for t in translations], _OUTPUT.value)
+    _translate()
   else:
     _evaluate()
 

@@ -8,14 +8,14 @@ carriage return or tab.
 Sentences are sorted by length into a few bucket lengths and batched by a token
 budget, so the decoder compiles for a handful of shapes only.
 """
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import dataclasses
 import itertools
 import math
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from absl import logging
 from flax import nnx
@@ -89,13 +89,16 @@ class Source:
   ids: list[int]
 
 
-def read_lines(data: bytes, name: str) -> list[str]:
-  """Splits `data` into lines; invalid UTF-8 becomes U+FFFD with a warning per line."""
+def read_lines(data: bytes, name: str, first_line: int = 1) -> list[str]:
+  """Splits `data` into lines; invalid UTF-8 becomes U+FFFD with a warning per line.
+
+  `first_line` is the number of `data`'s first line in `name`, for the warnings.
+  """
   lines = data.split(b"\n")
   if lines and lines[-1] == b"":  # A final newline ends the last line; no extra line.
     lines.pop()
   texts = []
-  for number, raw in enumerate(lines, 1):
+  for number, raw in enumerate(lines, first_line):
     raw = raw.rstrip(b"\r")
     try:
       texts.append(raw.decode("utf-8"))
@@ -105,6 +108,19 @@ def read_lines(data: bytes, name: str) -> list[str]:
                       e.reason, e.start)
       texts.append(raw.decode("utf-8", errors="replace"))
   return texts
+
+
+def read_chunks(stream: BinaryIO, buffer_size: int, name: str
+                ) -> Iterator[tuple[int, list[str]]]:
+  """(number of the first line, texts) of up to `buffer_size` lines at a time.
+
+  Reads `stream` as it goes, so memory is bounded by the chunk; lines split on
+  b"\\n" only, as in `read_lines`, so chunking never changes them.
+  """
+  first_line = 1
+  while chunk := list(itertools.islice(stream, buffer_size)):
+    yield first_line, read_lines(b"".join(chunk), name, first_line)
+    first_line += len(chunk)
 
 
 def check_output_path(path: str) -> None:
@@ -144,8 +160,12 @@ def one_line(text: str) -> str:
   return text.translate(_LINE_BREAKERS)
 
 
-def tokenize(texts: Sequence[str], tokenizer, max_len: int, name: str) -> list[Source]:
-  """Ids + eos per cleaned line, cut to `max_len` tokens (warning names the line)."""
+def tokenize(texts: Sequence[str], tokenizer, max_len: int, name: str,
+             first_line: int = 1) -> list[Source]:
+  """Ids + eos per cleaned line, cut to `max_len` tokens (warning names the line).
+
+  `first_line` is the number of `texts[0]` in `name`, for the warnings.
+  """
   sources = []
   for number, text in enumerate(texts, 1):
     text = clean(text)
@@ -156,7 +176,8 @@ def tokenize(texts: Sequence[str], tokenizer, max_len: int, name: str) -> list[S
     if len(ids) > max_len:
       logging.warning("%s:%d: %d tokens, more than the model's limit of %d;"
                       " translating the first %d. Split the line to translate all"
-                      " of it.", name, number, len(ids), max_len, max_len - 1)
+                      " of it.", name, first_line + number - 1, len(ids), max_len,
+                      max_len - 1)
       ids = ids[:max_len - 1] + [tokenizer_lib.EOS_ID]
     sources.append(Source(number, ids))
   return sources
@@ -189,13 +210,14 @@ def batches(sources: Sequence[Source], batch_tokens: int, max_rows: int = MAX_RO
 
 def translate(texts: Sequence[str], tokenizer: tokenizer_lib.Tokenizer,
               decode: DecodeFn, *, max_len: int, batch_tokens: int,
-              max_rows: int = MAX_ROWS, name: str = "<input>",
+              max_rows: int = MAX_ROWS, name: str = "<input>", first_line: int = 1,
               progress: bool = False) -> list[Translation]:
   """One Translation per text, in order; empty texts never reach the decoder.
 
   Hypothesis texts hold no newline, carriage return or tab (see `one_line`).
+  Warnings name `name`:line, counting `texts[0]` as line `first_line`.
   """
-  sources = tokenize(texts, tokenizer, max_len, name)
+  sources = tokenize(texts, tokenizer, max_len, name, first_line)
   outputs = [Translation([]) for _ in sources]
   work = list(batches(sources, batch_tokens, max_rows))
   for batch, inputs in tqdm.tqdm(work, disable=not progress, file=sys.stderr,

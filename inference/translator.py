@@ -47,9 +47,12 @@ class Translator:
                step=model.step, batch_tokens=batch_tokens)
 
   def translate(self, texts: Sequence[str], *, name: str = "<input>",
-                progress: bool = False) -> list[Translation]:
-    """One Translation per text, in order; `name` labels warnings (file:line)."""
+                first_line: int = 1, progress: bool = False) -> list[Translation]:
+    """One Translation per text, in order; `name` labels warnings (file:line).
+
+    `first_line` numbers `texts[0]` in `name` when translating a file in chunks.
+    """
     return translate.translate(
         texts, self.tokenizer, self.decoder.bind(self.graphdef, self.params),
         max_len=self.decoder.max_len, batch_tokens=self.batch_tokens, name=name,
-        progress=progress)
+        first_line=first_line, progress=progress)

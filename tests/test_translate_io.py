@@ -1,6 +1,7 @@
 """Reliability of the test setup and of infer.py's text in/out: a private JAX cache,
 one output line per input line, invisible-only lines, UTF-8 stdout, early output-path
-checks and capped batch rows."""
+checks, capped batch rows, and translating in chunks."""
+import io
 import os
 import stat
 import subprocess
@@ -125,13 +126,19 @@ def test_bad_output_path_fails_before_the_model_loads(tmp_path):
 # infer.py with a translator that answers in non-ASCII text, without a checkpoint.
 # ASCII source: Python decodes a -c command with the locale's encoding.
 _FAKE_TRANSLATOR = """
+import os
 import sys
 from absl import app
 import infer
 from inference.translate import Hypothesis, Translation
 
 class FakeTranslator:
+  calls = 0
+
   def translate(self, texts, **kwargs):
+    FakeTranslator.calls += 1
+    if FakeTranslator.calls == int(os.environ.get("FAKE_FAIL_AT_CALL", "0")):
+      raise RuntimeError("fake failure")
     return [Translation([Hypothesis("Un caf\\u00e9 \\u00e0 " + t, 0.0)] if t else [])
             for t in texts]
 
@@ -173,3 +180,44 @@ def test_trained_model_translates_under_an_ascii_locale(trained_workdir):
   assert result.returncode == 0, result.stderr.decode()[-3000:]
   lines = result.stdout.decode("utf-8").split("\n")
   assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
+
+
+def test_read_chunks_gives_the_lines_of_read_lines():
+  data = "a\n\nb\r\nc\u2028d\n\ne".encode() + b"\xff\nlast"
+  whole = translate.read_lines(data, "x")
+  chunks = list(translate.read_chunks(io.BytesIO(data), 3, "x"))
+  assert [first for first, _ in chunks] == [1, 4, 7]
+  assert [text for _, texts in chunks for text in texts] == whole
+  assert len(whole) == 7 and list(translate.read_chunks(io.BytesIO(b""), 3, "x")) == []
+
+
+@pytest.mark.slow
+def test_translating_in_chunks_gives_the_same_lines(tmp_path):
+  stdin = b"".join(f"Line {i}.\n".encode() for i in range(5)) + b"\n\xff bad\nlast"
+  outputs = {}
+  for size in (3, 100):  # 8 lines: 3 chunks, or 1.
+    output = tmp_path / f"out{size}.fr"
+    result = _infer("--mode=translate", f"--output={output}", f"--buffer_size={size}",
+                    stdin=stdin, code=_FAKE_TRANSLATOR)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert "<stdin>:7: invalid UTF-8" in result.stderr.decode()  # Counted over chunks.
+    outputs[size] = output.read_text(encoding="utf-8")
+  assert outputs[3] == outputs[100]
+  assert outputs[3].split("\n") == [f"Un café à Line {i}." for i in range(5)] + [
+      "", "Un café à \ufffd bad", "Un café à last", ""]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out100.fr", "out3.fr"]
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE((tmp_path / "out3.fr").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.slow
+def test_a_failed_translation_leaves_the_output_file_as_it_was(tmp_path):
+  output = tmp_path / "out.fr"
+  output.write_text("old\n")
+  env = {**os.environ, "FAKE_FAIL_AT_CALL": "2"}
+  result = _infer("--mode=translate", f"--output={output}", "--buffer_size=2",
+                  stdin=b"a\nb\nc\nd\n", env=env, code=_FAKE_TRANSLATOR)
+  assert result.returncode != 0 and "fake failure" in result.stderr.decode()
+  assert output.read_text() == "old\n"
+  assert [p.name for p in tmp_path.iterdir()] == ["out.fr"]  # No temporary file left.
