@@ -63,6 +63,45 @@ def _in_multiprocess_cluster() -> bool:
   return False
 
 
+# Seconds `jax.distributed.initialize` waits for the coordinator before failing.
+DEFAULT_DISTRIBUTED_TIMEOUT_S = 300
+TIMEOUT_ENV = "NMT_DISTRIBUTED_TIMEOUT_S"
+_COMMAND_FORM = ("python train.py ... --coordinator_address=HOST:PORT"
+                 " --num_processes=N --process_id=I  (one process per host, I ="
+                 " 0..N-1; HOST:PORT is where process 0 listens)")
+
+
+def _distributed_timeout_s() -> int:
+  value = os.environ.get(TIMEOUT_ENV, "")
+  if not value:
+    return DEFAULT_DISTRIBUTED_TIMEOUT_S
+  try:
+    seconds = int(value)
+  except ValueError:
+    seconds = 0
+  if seconds <= 0:
+    raise ValueError(f"{TIMEOUT_ENV}={value!r}: need a positive whole number of"
+                     " seconds to wait for the coordinator.")
+  return seconds
+
+
+def _check_explicit(coordinator_address, num_processes, process_id) -> None:
+  """ValueError naming the missing or bad flag of a multi-process start."""
+  problem = None
+  if num_processes is not None and num_processes > 1:
+    if not coordinator_address:
+      problem = (f"--num_processes={num_processes} needs --coordinator_address"
+                 " (host:port of process 0)")
+    elif process_id is None:
+      problem = (f"--num_processes={num_processes} needs --process_id (this"
+                 f" process's index, 0..{num_processes - 1})")
+    elif not 0 <= process_id < num_processes:
+      problem = (f"--process_id={process_id} is outside 0..{num_processes - 1}"
+                 f" for --num_processes={num_processes}")
+  if problem:
+    raise ValueError(f"{problem}. Start each process as: {_COMMAND_FORM}")
+
+
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None) -> bool:
@@ -70,16 +109,29 @@ def initialize_distributed(coordinator_address: str | None = None,
 
   Explicit arguments (e.g. from --coordinator_address flags) win; otherwise JAX
   auto-detects TPU pods and Slurm/MPI jobs. A single-process run is left alone.
+  Missing flags of a multi-process start raise ValueError before jax is called; the
+  coordinator is waited for at most $NMT_DISTRIBUTED_TIMEOUT_S seconds (default
+  300), after which a RuntimeError names its address.
   Returns whether `jax.distributed` is initialized afterwards.
   """
   if jax.distributed.is_initialized():
     return True
   explicit = (coordinator_address, num_processes, process_id)
   if any(a is not None for a in explicit):
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    _check_explicit(coordinator_address, num_processes, process_id)
+    kwargs = dict(coordinator_address=coordinator_address,
+                  num_processes=num_processes, process_id=process_id)
   elif _in_multiprocess_cluster():
-    jax.distributed.initialize()
+    kwargs = {}
   else:
     return False
+  timeout = _distributed_timeout_s()
+  try:
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
+  except RuntimeError as e:
+    where = coordinator_address or "the auto-detected coordinator"
+    raise RuntimeError(
+        f"Could not join the multi-process run at coordinator {where} within"
+        f" {timeout} s ({TIMEOUT_ENV} sets the wait): {e}. Check that process 0 is"
+        " running and that the address is reachable from this host.") from e
   return True

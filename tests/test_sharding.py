@@ -46,14 +46,16 @@ def test_initialize_distributed_single_process_is_a_no_op(monkeypatch):
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   for name in mesh_lib._CLUSTER_ENV:
     monkeypatch.delenv(name, raising=False)
+  monkeypatch.delenv("NMT_DISTRIBUTED_TIMEOUT_S", raising=False)
+  timeout = dict(initialization_timeout=mesh_lib.DEFAULT_DISTRIBUTED_TIMEOUT_S)
   assert not mesh_lib.initialize_distributed() and calls == []
   monkeypatch.setenv("SLURM_NTASKS", "1")  # One task: still a single process.
   assert not mesh_lib.initialize_distributed() and calls == []
   monkeypatch.setenv("SLURM_NTASKS", "4")
-  assert mesh_lib.initialize_distributed() and calls == [{}]
+  assert mesh_lib.initialize_distributed() and calls == [timeout]
   mesh_lib.initialize_distributed("10.0.0.1:1234", 2, 1)
   assert calls[-1] == dict(coordinator_address="10.0.0.1:1234", num_processes=2,
-                           process_id=1)
+                           process_id=1, **timeout)
 
 
 def test_rules_resolution():
@@ -149,3 +151,59 @@ def test_sharded_forward_matches_single_device():
   assert spec_of(logits) == (("data", "fsdp"), None, "tensor")
   # fp32; tensor-parallel partial sums are added in another order: 1e-5.
   np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def _capture_initialize(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.delenv("NMT_DISTRIBUTED_TIMEOUT_S", raising=False)
+  return calls
+
+
+@pytest.mark.parametrize("args, missing", [
+    ((None, 2, 0), "--coordinator_address"),
+    (("10.0.0.1:1234", 2, None), "--process_id"),
+    ((None, 4, None), "--coordinator_address"),
+])
+def test_initialize_distributed_names_the_missing_flag(monkeypatch, args, missing):
+  calls = _capture_initialize(monkeypatch)
+  with pytest.raises(ValueError, match=missing) as info:
+    mesh_lib.initialize_distributed(*args)
+  # The message shows the command line form of a multi-process start.
+  assert "--coordinator_address=" in str(info.value)
+  assert "--num_processes=" in str(info.value)
+  assert "--process_id=" in str(info.value)
+  assert calls == []  # Refused before jax is called.
+
+
+def test_initialize_distributed_rejects_a_process_id_out_of_range(monkeypatch):
+  calls = _capture_initialize(monkeypatch)
+  with pytest.raises(ValueError, match="--process_id"):
+    mesh_lib.initialize_distributed("10.0.0.1:1234", 2, 2)
+  assert calls == []
+
+
+def test_initialize_distributed_passes_a_bounded_timeout(monkeypatch):
+  calls = _capture_initialize(monkeypatch)
+  mesh_lib.initialize_distributed("10.0.0.1:1234", 2, 1)
+  assert calls[-1]["initialization_timeout"] == 300
+  monkeypatch.setenv("NMT_DISTRIBUTED_TIMEOUT_S", "45")
+  mesh_lib.initialize_distributed("10.0.0.1:1234", 2, 0)
+  assert calls[-1] == dict(coordinator_address="10.0.0.1:1234", num_processes=2,
+                           process_id=0, initialization_timeout=45)
+  monkeypatch.setenv("NMT_DISTRIBUTED_TIMEOUT_S", "soon")
+  with pytest.raises(ValueError, match="NMT_DISTRIBUTED_TIMEOUT_S"):
+    mesh_lib.initialize_distributed("10.0.0.1:1234", 2, 0)
+
+
+def test_initialize_distributed_failure_names_the_coordinator(monkeypatch):
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setenv("NMT_DISTRIBUTED_TIMEOUT_S", "7")
+
+  def unreachable(**kw):
+    raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out")
+
+  monkeypatch.setattr(jax.distributed, "initialize", unreachable)
+  with pytest.raises(RuntimeError, match=r"10\.0\.0\.9:1234.*7 s"):
+    mesh_lib.initialize_distributed("10.0.0.9:1234", 2, 1)
