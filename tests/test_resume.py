@@ -108,6 +108,7 @@ def test_processes_agree_to_skip_a_step_another_process_cannot_read(
   assert list((tmp_path / "checkpoints").glob("2.corrupt-*"))
 
 
+@pytest.mark.slow  # Runs the trainer twice.
 def test_resume_with_another_model_stops_before_writing(prepared, tmp_path):
   config = prepared[0].copy_and_resolve_references()
   config.num_train_steps = config.checkpoint_every_steps = 2
@@ -126,6 +127,7 @@ def test_resume_with_another_model_stops_before_writing(prepared, tmp_path):
   assert _steps(workdir) == [2]
 
 
+@pytest.mark.slow  # Runs the trainer twice.
 def test_corrupt_latest_checkpoint_resumes_from_the_one_before(prepared, tmp_path):
   config = prepared[0].copy_and_resolve_references()
   config.num_train_steps, config.checkpoint_every_steps = 4, 2
