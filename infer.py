@@ -28,9 +28,8 @@ from inference import export as export_lib
 from inference import restore
 from inference import translate
 from inference.translator import Translator
+from inference.translator import inference_partitioner
 from models import transformer
-from parallel import mesh as mesh_lib
-from parallel import sharding
 from parallel.sharding import Partitioner
 from storage import layout
 
@@ -101,38 +100,50 @@ def _settings(config=None) -> translate.DecodeSettings:
   return dataclasses.replace(settings, **given)
 
 
-def _partitioner(config=None) -> Partitioner:
-  """All local devices on the batch axis, with the run's logical-axis rules."""
-  rules = sharding.DEFAULT_RULES if config is None else config.logical_axis_rules
-  return Partitioner(mesh_lib.create_mesh((-1, 1, 1)), rules)
-
-
 def _translator() -> Translator:
   config = layout.read_config(_workdir())
   return Translator.from_workdir(
-      _workdir(), partitioner=_partitioner(config), step=_STEP.value,
+      _workdir(), partitioner=inference_partitioner(config), step=_STEP.value,
       checkpoint_dir=_CHECKPOINT_DIR.value, dtype=_DTYPE.value,
       settings=_settings(config), nbest=_NBEST.value, batch_tokens=_BATCH_TOKENS.value)
 
 
-def _benchmark():
+@dataclasses.dataclass(frozen=True)
+class _Model:
+  """The parameters that --mode=benchmark and --mode=export work on."""
+  config: object  # The run's config (--workdir) or the --config file's.
+  partitioner: Partitioner
+  model_config: transformer.TransformerConfig
+  graphdef: object
+  params: object
+
+
+def _checkpoint_or_random(mode: str) -> _Model:
+  """A workdir checkpoint (--workdir), or random weights of --config's model."""
   if _WORKDIR.value:
     config = layout.read_config(_workdir())
-    partitioner = _partitioner(config)
+    partitioner = inference_partitioner(config)
     model = restore.restore_params(_workdir(), partitioner, step=_STEP.value,
                                    checkpoint_dir=_CHECKPOINT_DIR.value,
                                    dtype=_DTYPE.value)
-    graphdef, params, model_cfg = model.graphdef, model.params, model.model_config
-  elif _CONFIG.value is not None:
-    config = _CONFIG.value
-    partitioner = _partitioner(config)
-    model_cfg = transformer.TransformerConfig.from_config(
-        config.model, vocab_size=_VOCAB.value,
-        pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
-    graphdef, params = partitioner.init_params(model_cfg.make_model())
-  else:
-    raise app.UsageError("--mode=benchmark needs --config (random weights) or"
-                         " --workdir (a checkpoint).")
+    return _Model(config, partitioner, model.model_config, model.graphdef,
+                  model.params)
+  if _CONFIG.value is None:
+    raise app.UsageError(f"--mode={mode} needs --workdir (a checkpoint) or --config"
+                         " (random weights).")
+  config = _CONFIG.value
+  partitioner = inference_partitioner(config)
+  model_cfg = transformer.TransformerConfig.from_config(
+      config.model, vocab_size=_VOCAB.value,
+      pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
+  graphdef, params = partitioner.init_params(model_cfg.make_model())
+  return _Model(config, partitioner, model_cfg, graphdef, params)
+
+
+def _benchmark():
+  m = _checkpoint_or_random("benchmark")
+  config, partitioner, model_cfg = m.config, m.partitioner, m.model_config
+  graphdef, params = m.graphdef, m.params
   settings = _settings(config)
   for result in decode_bench.run(
       graphdef, params, partitioner, vocab_size=model_cfg.vocab_size,
@@ -150,22 +161,10 @@ def _export():
   """Writes the model (a checkpoint, or random weights) as a CTranslate2 directory."""
   if _OUTPUT.value == "-":
     raise app.UsageError("--mode=export needs --output=DIR, the model directory.")
-  if _WORKDIR.value:
-    partitioner = _partitioner(layout.read_config(_workdir()))
-    model = restore.restore_params(_workdir(), partitioner, step=_STEP.value,
-                                   checkpoint_dir=_CHECKPOINT_DIR.value,
-                                   dtype=_DTYPE.value)
-    graphdef, params, model_cfg = model.graphdef, model.params, model.model_config
-    vocab = layout.load_tokenizer(_workdir())
-  elif _CONFIG.value is not None:
-    model_cfg = transformer.TransformerConfig.from_config(
-        _CONFIG.value.model, vocab_size=_VOCAB.value,
-        pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
-    graphdef, params = _partitioner(_CONFIG.value).init_params(model_cfg.make_model())
-    vocab = export_lib.synthetic_vocabulary(_VOCAB.value)
-  else:
-    raise app.UsageError("--mode=export needs --workdir (a checkpoint) or --config"
-                         " (random weights).")
+  m = _checkpoint_or_random("export")
+  graphdef, params, model_cfg = m.graphdef, m.params, m.model_config
+  vocab = (layout.load_tokenizer(_workdir()) if _WORKDIR.value
+           else export_lib.synthetic_vocabulary(_VOCAB.value))
   output = export_lib.export_ctranslate2(graphdef, params, model_cfg, vocab,
                                          _OUTPUT.value, quantization=_QUANTIZATION.value)
   print(json.dumps({"format": _FORMAT.value, "output": output,
@@ -256,7 +255,7 @@ def main(argv):
     _export()
   elif _MODE.value == "average":
     config = layout.read_config(_workdir())
-    print(restore.average_checkpoints(_workdir(), _partitioner(config),
+    print(restore.average_checkpoints(_workdir(), inference_partitioner(config),
                                       _AVERAGE_LAST.value))
   elif _MODE.value == "translate":
     _translate()

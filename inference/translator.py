@@ -13,6 +13,11 @@ from parallel.sharding import Partitioner
 from storage import layout
 
 
+def inference_partitioner(config) -> Partitioner:
+  """Every local device on the batch axis, laid out by the run's logical-axis rules."""
+  return Partitioner(mesh_lib.create_mesh((-1, 1, 1)), config.logical_axis_rules)
+
+
 @dataclasses.dataclass(frozen=True)
 class Translator:
   """Translates lists of sentences with one set of frozen parameters."""
@@ -30,12 +35,12 @@ class Translator:
                    nbest: int = 1, batch_tokens: int = 4096) -> "Translator":
     """Restores `step` (default: the latest) of WORKDIR/checkpoints or `checkpoint_dir`.
 
-    The partitioner defaults to every local device on the batch axis with the run's
-    logical-axis rules; decode settings default to the run's `config.decode`.
+    The partitioner defaults to `inference_partitioner` of the run's config; decode
+    settings default to the run's `config.decode`.
     """
     config = layout.read_config(workdir)
     if partitioner is None:
-      partitioner = Partitioner(mesh_lib.create_mesh(), config.logical_axis_rules)
+      partitioner = inference_partitioner(config)
     if settings is None:
       settings = DecodeSettings.from_config(config.get("decode"))
     model = restore.restore_params(workdir, partitioner, step=step,
