@@ -17,7 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_tokens = 4096
   config.num_train_steps = 1100  # Optimizer steps (~2.6 s each on a 2-core CPU).
   config.learning_rate = 3e-3  # Peak learning rate, reached at the end of warmup.
-  config.warmup_steps = 200  # Linear warmup, then decay as 1/sqrt(step).
+  config.warmup_steps = 200  # Linear warmup to learning_rate, then config.schedule.
+  # Decay after warmup: 'rsqrt' (1/sqrt(step), no end), 'linear' or 'cosine' (0 at the end).
+  config.schedule = "rsqrt"
   config.optimizer = "adamw"  # 'adamw' or 'adafactor'.
   config.adam_b1 = 0.9  # AdamW first-moment decay.
   config.adam_b2 = 0.98  # AdamW second-moment decay.
@@ -25,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4  # Decoupled weight decay.
   config.grad_clip_norm = 1.0  # Clip gradients to this global norm (0: off).
   config.grad_accum_steps = 1  # Micro-batches per optimizer update (optax.MultiSteps).
+  # JAX PRNG for dropout masks ('threefry2x32', 'rbg', 'unsafe_rbg'); init keeps threefry.
+  config.dropout_rng_impl = "threefry2x32"
   config.label_smoothing = 0.1  # Probability mass spread over non-reference tokens.
   config.log_every_steps = 50  # Train metrics to TensorBoard, metrics.jsonl, stdout.
   config.eval_every_steps = 550  # Validation loss, accuracy, perplexity and BLEU.

@@ -14,6 +14,10 @@ import jax.numpy as jnp
 import optax
 
 
+# JAX PRNG implementations a dropout key may use (`jax.random.key(..., impl=...)`).
+DROPOUT_RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything a step changes: exact resume needs exactly this, plus the data state."""
@@ -53,19 +57,32 @@ def _forward(graphdef, params, batch, *, deterministic: bool, rngs=None):
                deterministic=deterministic, rngs=rngs)
 
 
+def dropout_key(seed: int, step: jax.Array, impl: str = "threefry2x32") -> jax.Array:
+  """The step's dropout key: (seed, step) folded into a key of generator `impl`.
+
+  Keys from (seed, step) make a resumed run draw the same masks. `impl` is a JAX PRNG
+  implementation ('threefry2x32', 'rbg', 'unsafe_rbg'); the key's type carries it to
+  every `jax.random` call that draws masks, while parameter initialisation keeps the
+  default generator. On CPU, threefry bits are costly enough that the masks are a
+  fifth of the default model's step; 'rbg' draws them from XLA's RngBitGenerator.
+  """
+  return jax.random.fold_in(jax.random.key(seed, impl=impl), step)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,
                tx: optax.GradientTransformation, schedule, seed: int,
-               label_smoothing: float) -> tuple[TrainState, dict[str, jax.Array]]:
+               label_smoothing: float, dropout_rng_impl: str = "threefry2x32"
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and scalar metrics.
 
-  Dropout keys derive from (seed, step), so a resumed run draws the same masks.
+  Dropout masks come from `dropout_key(seed, step, dropout_rng_impl)`.
   """
-  dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+  key = dropout_key(seed, state.step, dropout_rng_impl)
   weights = _weights(batch)
 
   def loss_fn(params):
     logits = _forward(graphdef, params, batch, deterministic=False,
-                      rngs=nnx.Rngs(dropout=dropout_key))
+                      rngs=nnx.Rngs(dropout=key))
     loss_sum, weight_sum = cross_entropy(logits, batch["targets"], weights,
                                          label_smoothing)
     loss = loss_sum / jnp.maximum(weight_sum, 1.0)  # Token-weighted mean.

@@ -7,6 +7,9 @@ second. Every problem is reported at once, each naming its field and a fix.
 from collections.abc import Mapping, Sequence
 import json
 
+from training import optimizer
+from training import steps
+
 
 class ConfigError(ValueError):
   """The config cannot train; the message lists every bad field."""
@@ -45,6 +48,16 @@ def config_problems(config) -> list[str]:
   need(flat["grad_accum_steps"] >= 1, "grad_accum_steps", ">= 1")
   need(flat["batch_tokens"] > 0, "batch_tokens", "> 0")
   need(flat["warmup_steps"] >= 0, "warmup_steps", ">= 0")
+  need(flat["schedule"] in optimizer.SCHEDULES, "schedule",
+       f"one of {optimizer.SCHEDULES}")
+  if flat["schedule"] in ("linear", "cosine") and flat["grad_accum_steps"] >= 1:
+    # The decay needs optimizer updates left after warmup (optimizer.schedule_from_config).
+    least = (max(flat["warmup_steps"], 1) + 1) * flat["grad_accum_steps"]
+    need(flat["num_train_steps"] >= least, "num_train_steps",
+         f">= (warmup_steps + 1) x grad_accum_steps = {least}: schedule="
+         f"{flat['schedule']!r} decays to 0 after warmup, by the last step")
+  need(flat["dropout_rng_impl"] in steps.DROPOUT_RNG_IMPLS, "dropout_rng_impl",
+       f"one of {steps.DROPOUT_RNG_IMPLS}")
   need(flat["decode.beam_size"] >= 1, "decode.beam_size", ">= 1 (1: greedy)")
   for field in ("data.max_length", "data.eval_max_length", "data.vocab_size",
                 "model.max_len"):

@@ -1,0 +1,93 @@
+"""Learning-rate schedules, their config checks, and the dropout-key generator."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from configs import smoke
+from training import optimizer
+from training import steps
+from training import validate
+
+LR, WARMUP, TOTAL = 3e-3, 200, 1100
+
+
+@pytest.mark.parametrize("kind", optimizer.SCHEDULES)
+def test_every_schedule_warms_up_linearly_to_the_peak(kind):
+  schedule = optimizer.learning_rate_schedule(LR, WARMUP, kind, TOTAL)
+  np.testing.assert_allclose(schedule(0), LR / WARMUP, rtol=1e-5)  # Not 0: no lost step.
+  np.testing.assert_allclose(schedule(WARMUP // 2 - 1), LR / 2, rtol=1e-5)
+  np.testing.assert_allclose(schedule(WARMUP - 1), LR, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_decayed_schedules_reach_zero_at_the_end_and_stay_there(kind):
+  schedule = optimizer.learning_rate_schedule(LR, WARMUP, kind, TOTAL)
+  np.testing.assert_allclose(schedule(WARMUP), LR, rtol=1e-5)
+  values = np.array([schedule(step) for step in range(WARMUP, TOTAL + 1)])
+  assert np.all(np.diff(values) <= 0)  # Monotone after warmup.
+  assert 0 < schedule(TOTAL - 1) < LR / 100  # The last update still moves...
+  assert schedule(TOTAL) == 0 and schedule(TOTAL + 100) == 0  # ...then nothing.
+
+
+def test_linear_and_cosine_are_half_way_at_the_middle_of_the_decay():
+  middle = (WARMUP + TOTAL) // 2  # 650: 450 updates into a 900-update decay.
+  for kind in ("linear", "cosine"):
+    schedule = optimizer.learning_rate_schedule(LR, WARMUP, kind, TOTAL)
+    np.testing.assert_allclose(schedule(middle), LR / 2, rtol=1e-5)
+  linear = optimizer.learning_rate_schedule(LR, WARMUP, "linear", TOTAL)
+  cosine = optimizer.learning_rate_schedule(LR, WARMUP, "cosine", TOTAL)
+  assert cosine(WARMUP + 100) > linear(WARMUP + 100)  # Cosine stays high longer...
+  assert cosine(TOTAL - 100) < linear(TOTAL - 100)  # ...and ends lower.
+
+
+def test_rsqrt_is_unchanged():
+  """The open-ended schedule every earlier run used: lr * sqrt(warmup / (step + 1))."""
+  schedule = optimizer.learning_rate_schedule(LR, WARMUP)
+  for step in (WARMUP - 1, 799, TOTAL, 10 * TOTAL):
+    np.testing.assert_allclose(schedule(step), LR * np.sqrt(WARMUP / (step + 1)),
+                               rtol=1e-5)
+
+
+def test_schedule_from_config_decays_over_optimizer_updates():
+  config = default.get_config()
+  config.schedule = "linear"
+  config.grad_accum_steps = 2  # 1100 train steps are 550 updates.
+  schedule = optimizer.schedule_from_config(config)
+  assert schedule(550) == 0 and schedule(549) > 0
+
+
+def test_bad_schedules_are_errors():
+  with pytest.raises(ValueError, match="use one of"):
+    optimizer.learning_rate_schedule(LR, WARMUP, "exponential", TOTAL)
+  with pytest.raises(ValueError, match="must exceed warmup_steps"):
+    optimizer.learning_rate_schedule(LR, WARMUP, "linear", WARMUP)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("schedule", "step"), ("dropout_rng_impl", "philox"), ("num_train_steps", 5)])
+def test_config_checks_name_the_field(field, value):
+  config = smoke.get_config()  # 5 warmup steps: 5 train steps leave none to decay.
+  config.schedule = "cosine"
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(validate.ConfigError, match=rf"config\.{field}="):
+    validate.validate_config(config)
+
+
+def test_the_default_dropout_key_is_the_key_earlier_runs_used():
+  """threefry2x32 keeps masks (and so resumed and reproduced runs) bit for bit."""
+  step = jnp.int32(7)
+  old = jax.random.fold_in(jax.random.key(0), step)
+  assert np.array_equal(jax.random.key_data(steps.dropout_key(0, step)),
+                        jax.random.key_data(old))
+
+
+@pytest.mark.parametrize("impl", steps.DROPOUT_RNG_IMPLS)
+def test_dropout_keys_draw_masks_of_the_right_rate_and_depend_on_the_step(impl):
+  draw = jax.jit(lambda step: jax.random.bernoulli(
+      steps.dropout_key(0, step, impl), 0.9, (256, 256)))
+  first, again, second = draw(jnp.int32(1)), draw(jnp.int32(1)), draw(jnp.int32(2))
+  assert np.array_equal(first, again)  # (seed, step) decides the mask: exact resume.
+  assert not np.array_equal(first, second)
+  assert abs(float(first.mean()) - 0.9) < 0.01
