@@ -27,12 +27,17 @@ class Restored:
   step: int
 
 
-def model_config(workdir: str) -> transformer.TransformerConfig:
-  """The model a workdir's checkpoints hold: its config.model and its tokenizer."""
+def model_config(workdir: str, config=None, tokenizer=None
+                 ) -> transformer.TransformerConfig:
+  """The model a workdir's checkpoints hold: its config.model and its tokenizer.
+
+  `config` and `tokenizer`, when the caller has them, save reading (and hashing) them
+  again.
+  """
+  config = layout.read_config(workdir) if config is None else config
+  tokenizer = layout.load_tokenizer(workdir) if tokenizer is None else tokenizer
   return transformer.TransformerConfig.from_config(
-      layout.read_config(workdir).model,
-      vocab_size=layout.load_tokenizer(workdir).vocab_size,
-      pad_id=tokenizer_lib.PAD_ID)
+      config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer_lib.PAD_ID)
 
 
 def _choose_step(directory: epath.Path, workdir: str, step: int | None) -> int:
@@ -47,18 +52,19 @@ def _choose_step(directory: epath.Path, workdir: str, step: int | None) -> int:
 
 
 def restore_params(workdir: str, partitioner: Partitioner, *, step: int | None = None,
-                   checkpoint_dir: str | None = None, dtype: str | None = None
+                   checkpoint_dir: str | None = None, dtype: str | None = None,
+                   stored_config: transformer.TransformerConfig | None = None
                    ) -> Restored:
   """Parameters of `step` (default: the latest) from a training or averaged checkpoint.
 
   They are laid out by `partitioner` (its mesh and rules). `dtype` (e.g. 'bfloat16')
   sets both the compute dtype and the dtype the parameters are cast to; default: the
-  training config's.
+  training config's. `stored_config` is `model_config(workdir)`, if the caller has it.
   """
   directory = (layout.checkpoint_dir(workdir) if checkpoint_dir is None
                else layout.absolute(checkpoint_dir))
   step = _choose_step(directory, workdir, step)
-  stored_config = model_config(workdir)
+  stored_config = stored_config or model_config(workdir)
   _, abstract = partitioner.abstract_params(stored_config.make_model())
   params = layout.restore_params(directory, step, abstract)
   config = stored_config.with_dtype(dtype)

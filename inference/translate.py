@@ -64,16 +64,30 @@ class DecodeSettings:
 class Hypothesis:
   text: str
   score: float  # Sum of log-probabilities over the length penalty.
+  ids: tuple[int, ...] = ()  # Target token ids, EOS and padding left out.
 
 
 @dataclasses.dataclass(frozen=True)
 class Translation:
-  """One input line's n-best list, best first; empty for an empty line."""
+  """One input line's n-best list, best first; empty for an empty line.
+
+  `truncated` says the source was longer than the model's limit and only its first
+  tokens were translated.
+  """
   nbest: list[Hypothesis]
+  truncated: bool = False
 
   @property
   def text(self) -> str:
     return self.nbest[0].text if self.nbest else ""
+
+  @property
+  def score(self) -> float | None:
+    return self.nbest[0].score if self.nbest else None
+
+  @property
+  def ids(self) -> tuple[int, ...]:
+    return self.nbest[0].ids if self.nbest else ()
 
   def line(self, nbest: int = 1) -> str:
     """The output line: the best text, or `hyp1<TAB>score1<TAB>hyp2...` for nbest > 1."""
@@ -87,6 +101,7 @@ class Source:
   """One input line, tokenized; `ids` is empty for a line the model need not see."""
   line: int  # 1-based, for messages.
   ids: list[int]
+  truncated: bool = False  # Cut to the model's limit.
 
 
 def read_lines(data: bytes, name: str, first_line: int = 1) -> list[str]:
@@ -178,13 +193,47 @@ def tokenize(texts: Sequence[str], tokenizer, max_len: int, name: str,
                       " translating the first %d. Split the line to translate all"
                       " of it.", name, first_line + number - 1, len(ids), max_len,
                       max_len - 1)
-      ids = ids[:max_len - 1] + [tokenizer_lib.EOS_ID]
-    sources.append(Source(number, ids))
+      sources.append(Source(number, ids[:max_len - 1] + [tokenizer_lib.EOS_ID], True))
+    else:
+      sources.append(Source(number, ids))
   return sources
 
 
-def _bucket(length: int) -> int:
+def bucket(length: int) -> int:
+  """The padded length of a row of `length` tokens: the next of BUCKETS."""
   return next((b for b in BUCKETS if b >= length), length)
+
+
+def rows_per_batch(length: int, batch_tokens: int, max_rows: int = MAX_ROWS) -> int:
+  """Rows of a full batch of bucket `length` within `batch_tokens` (at least 1)."""
+  return max(1, min(max_rows, batch_tokens // length))
+
+
+def padded_rows(count: int, per_batch: int) -> int:
+  """Rows a batch of `count` sentences is padded to: a power of two, or `per_batch`."""
+  return min(per_batch, 1 << (count - 1).bit_length())
+
+
+def batch_shapes(max_len: int, batch_tokens: int, max_rows: int = MAX_ROWS
+                 ) -> list[tuple[int, int]]:
+  """Every (rows, bucket) input shape `batches` can give for rows of <= max_len tokens.
+
+  What a server compiles before it reports ready.
+  """
+  shapes = []
+  for length in [b for b in BUCKETS if b < max_len] + [bucket(max_len)]:
+    per_batch = rows_per_batch(length, batch_tokens, max_rows)
+    rows = {padded_rows(n, per_batch) for n in range(1, per_batch + 1)}
+    shapes += [(r, length) for r in sorted(rows)]
+  return shapes
+
+
+def pad_batch(id_lists: Sequence[Sequence[int]], length: int, rows: int) -> np.ndarray:
+  """inputs [rows, length] int32: one row per id list, the rest PAD."""
+  inputs = np.full((rows, length), tokenizer_lib.PAD_ID, np.int32)
+  for r, ids in enumerate(id_lists):
+    inputs[r, :len(ids)] = ids
+  return inputs
 
 
 def batches(sources: Sequence[Source], batch_tokens: int, max_rows: int = MAX_ROWS
@@ -196,16 +245,32 @@ def batches(sources: Sequence[Source], batch_tokens: int, max_rows: int = MAX_RO
   partial batch is padded to a power of two rows, so few distinct shapes are compiled.
   """
   todo = sorted((s for s in sources if s.ids), key=lambda s: len(s.ids))
-  for length, group in itertools.groupby(todo, key=lambda s: _bucket(len(s.ids))):
+  for length, group in itertools.groupby(todo, key=lambda s: bucket(len(s.ids))):
     group = list(group)
-    per_batch = max(1, min(max_rows, batch_tokens // length))
+    per_batch = rows_per_batch(length, batch_tokens, max_rows)
     for start in range(0, len(group), per_batch):
       take = group[start:start + per_batch]
-      rows = min(per_batch, 1 << (len(take) - 1).bit_length())
-      inputs = np.full((rows, length), tokenizer_lib.PAD_ID, np.int32)
-      for r, source in enumerate(take):
-        inputs[r, :len(source.ids)] = source.ids
-      yield take, inputs
+      yield take, pad_batch([s.ids for s in take], length,
+                            padded_rows(len(take), per_batch))
+
+
+def _ids(row: np.ndarray) -> tuple[int, ...]:
+  """A decoded row's token ids up to EOS, padding left out."""
+  ids = row.tolist()
+  if tokenizer_lib.EOS_ID in ids:
+    ids = ids[:ids.index(tokenizer_lib.EOS_ID)]
+  return tuple(i for i in ids if i != tokenizer_lib.PAD_ID)
+
+
+def hypotheses(tokens: np.ndarray, scores: np.ndarray, tokenizer, count: int
+               ) -> list[list[Hypothesis]]:
+  """The n-best lists of the first `count` rows of a decoded batch.
+
+  tokens [rows, nbest, out_len], scores [rows, nbest]; texts hold no line breakers.
+  """
+  return [[Hypothesis(one_line(tokenizer.decode(tokens[r, k])), float(scores[r, k]),
+                      _ids(tokens[r, k])) for k in range(tokens.shape[1])]
+          for r in range(count)]
 
 
 def translate(texts: Sequence[str], tokenizer: tokenizer_lib.Tokenizer,
@@ -223,11 +288,18 @@ def translate(texts: Sequence[str], tokenizer: tokenizer_lib.Tokenizer,
   for batch, inputs in tqdm.tqdm(work, disable=not progress, file=sys.stderr,
                                  unit="batch"):
     tokens, scores = decode(inputs)  # [rows, nbest, out_len], [rows, nbest]
-    for r, source in enumerate(batch):
-      outputs[source.line - 1] = Translation([
-          Hypothesis(one_line(tokenizer.decode(tokens[r, k])), float(scores[r, k]))
-          for k in range(tokens.shape[1])])
+    for source, nbest in zip(batch, hypotheses(tokens, scores, tokenizer, len(batch))):
+      outputs[source.line - 1] = Translation(nbest, source.truncated)
   return outputs
+
+
+def global_batch(partitioner: Partitioner, inputs: np.ndarray) -> jax.Array:
+  """`inputs` [rows, ...] as a global array, rows over ('data', 'fsdp') as they divide.
+
+  Every process holds the same `inputs` (multi-host).
+  """
+  return jax.make_array_from_callback(
+      inputs.shape, partitioner.batch_sharding(inputs.shape[:2]), lambda i: inputs[i])
 
 
 class Decoder:
@@ -235,8 +307,9 @@ class Decoder:
 
   `bind(graphdef, params)` gives the DecodeFn of one set of parameters; binding new
   parameters of the same structure (e.g. at each validation pass) reuses the
-  compilations. The KV cache length is static per source bucket: min(max_len,
-  ceil(a * bucket + b)); alpha, a and b are traced, so new values do not recompile.
+  compilations. A compilation serves one (rows, bucket, beam_size, nbest) and KV cache
+  length, static per source bucket: min(max_len, ceil(a * bucket + b)); alpha, a and
+  b are traced, so new values of alpha do not recompile.
   """
 
   def __init__(self, partitioner: Partitioner, settings: DecodeSettings, *,
@@ -248,20 +321,18 @@ class Decoder:
     self._search = decoding.jit_beam_search(partitioner)
 
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
-    s = self.settings
+    """decode(inputs, settings=None, nbest=None); None: the Decoder's own."""
 
-    def decode(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(inputs: np.ndarray, settings: DecodeSettings | None = None,
+               nbest: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+      s = settings or self.settings
       max_decode_len = min(self.max_len, math.ceil(s.max_len_a * inputs.shape[1]
                                                    + s.max_len_b))
-      # Rows split over ('data', 'fsdp') as far as the row count divides. Every
-      # process holds the same `inputs` and gets back all rows (multi-host).
-      global_inputs = jax.make_array_from_callback(
-          inputs.shape, self.partitioner.batch_sharding(inputs.shape),
-          lambda i: inputs[i])
-      out = self._search(graphdef, params, global_inputs, float(s.alpha),
-                         float(s.max_len_a), float(s.max_len_b),
+      out = self._search(graphdef, params, global_batch(self.partitioner, inputs),
+                         float(s.alpha), float(s.max_len_a), float(s.max_len_b),
                          eos_id=tokenizer_lib.EOS_ID, beam_size=s.beam_size,
-                         max_decode_len=max_decode_len, nbest=self.nbest)
+                         max_decode_len=max_decode_len, nbest=nbest or self.nbest)
+      # Every process gets back all rows (multi-host).
       return (multihost_utils.process_allgather(out.tokens, tiled=True),
               multihost_utils.process_allgather(out.scores, tiled=True))
     return decode

@@ -1,13 +1,29 @@
-"""A frozen model ready to translate: parameters, tokenizer and a compiled decoder."""
+"""A frozen model ready to translate and score: parameters, tokenizer, compiled programs.
+
+  translator = Translator.from_workdir("workdir/default")
+  [t.text for t in translator.translate(["A dog runs."], beam_size=5, nbest=2)]
+  translator.score(["A dog runs."], ["Un chien court."])[0].score
+
+Decode settings default to the run's `config.decode`; a call may override beam size,
+alpha and n-best. Programs are compiled once per (rows, bucket, beam, nbest) and
+reused: alpha is traced, so a new alpha does not recompile. `translate_batch` and
+`score_batch` run one prepared batch, for callers that form their own batches (the
+server); `warmup` compiles every shape such a caller can form.
+"""
 from collections.abc import Sequence
 import dataclasses
+import functools
+import time
 
+from absl import logging
 from flax import nnx
+import numpy as np
 
 from data import tokenizer as tokenizer_lib
 from inference import restore
+from inference import scoring
 from inference import translate
-from inference.translate import DecodeSettings, Translation
+from inference.translate import MAX_ROWS, DecodeSettings, Source, Translation
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 from storage import layout
@@ -20,44 +36,140 @@ def inference_partitioner(config) -> Partitioner:
 
 @dataclasses.dataclass(frozen=True)
 class Translator:
-  """Translates lists of sentences with one set of frozen parameters."""
+  """Translates and scores lists of sentences with one set of frozen parameters."""
   graphdef: nnx.GraphDef
   params: nnx.State
   tokenizer: tokenizer_lib.Tokenizer
   decoder: translate.Decoder
   step: int  # The checkpoint step the parameters come from.
   batch_tokens: int = 4096  # Source tokens per batch, padding included.
+  max_len: int | None = None  # Tokens a sentence is cut to; default the model's limit.
+
+  def __post_init__(self):
+    if self.max_len is None or self.max_len > self.decoder.max_len:
+      object.__setattr__(self, "max_len", self.decoder.max_len)
 
   @classmethod
   def from_workdir(cls, workdir: str, *, partitioner: Partitioner | None = None,
                    step: int | None = None, checkpoint_dir: str | None = None,
                    dtype: str | None = None, settings: DecodeSettings | None = None,
-                   nbest: int = 1, batch_tokens: int = 4096) -> "Translator":
+                   decode_overrides: dict | None = None, nbest: int = 1,
+                   batch_tokens: int = 4096, max_len: int | None = None
+                   ) -> "Translator":
     """Restores `step` (default: the latest) of WORKDIR/checkpoints or `checkpoint_dir`.
 
-    The partitioner defaults to `inference_partitioner` of the run's config; decode
-    settings default to the run's `config.decode`.
+    The partitioner defaults to `inference_partitioner` of the run's config. Decode
+    settings are `settings`, else the run's `config.decode` with `decode_overrides`
+    (e.g. {"beam_size": 1}) replacing fields. Reads config.json and spm.model once.
     """
     config = layout.read_config(workdir)
+    tokenizer = layout.load_tokenizer(workdir)
     if partitioner is None:
       partitioner = inference_partitioner(config)
     if settings is None:
-      settings = DecodeSettings.from_config(config.get("decode"))
-    model = restore.restore_params(workdir, partitioner, step=step,
-                                   checkpoint_dir=checkpoint_dir, dtype=dtype)
+      settings = dataclasses.replace(DecodeSettings.from_config(config.get("decode")),
+                                     **(decode_overrides or {}))
+    model = restore.restore_params(
+        workdir, partitioner, step=step, checkpoint_dir=checkpoint_dir, dtype=dtype,
+        stored_config=restore.model_config(workdir, config, tokenizer))
     decoder = translate.Decoder(partitioner, settings,
                                 max_len=model.model_config.max_len, nbest=nbest)
-    return cls(graphdef=model.graphdef, params=model.params,
-               tokenizer=layout.load_tokenizer(workdir), decoder=decoder,
-               step=model.step, batch_tokens=batch_tokens)
+    return cls(graphdef=model.graphdef, params=model.params, tokenizer=tokenizer,
+               decoder=decoder, step=model.step, batch_tokens=batch_tokens,
+               max_len=max_len)
 
-  def translate(self, texts: Sequence[str], *, name: str = "<input>",
-                first_line: int = 1, progress: bool = False) -> list[Translation]:
-    """One Translation per text, in order; `name` labels warnings (file:line).
+  @property
+  def settings(self) -> DecodeSettings:
+    """The default decode settings (the run's config.decode unless overridden)."""
+    return self.decoder.settings
 
-    `first_line` numbers `texts[0]` in `name` when translating a file in chunks.
+  @functools.cached_property
+  def _decode(self) -> translate.DecodeFn:
+    return self.decoder.bind(self.graphdef, self.params)
+
+  @functools.cached_property
+  def _score(self) -> scoring.ScoreFn:
+    return scoring.Scorer(self.decoder.partitioner).bind(self.graphdef, self.params)
+
+  def options(self, beam_size: int | None = None, alpha: float | None = None,
+              nbest: int | None = None) -> tuple[DecodeSettings, int]:
+    """(settings, nbest) of one call: the defaults with the given values replacing them.
+
+    Raises ValueError if they are out of range (beam_size >= 1, 1 <= nbest <=
+    beam_size, alpha >= 0).
     """
+    settings = dataclasses.replace(
+        self.settings, **{k: v for k, v in (("beam_size", beam_size), ("alpha", alpha))
+                          if v is not None})
+    nbest = self.decoder.nbest if nbest is None else nbest
+    if settings.beam_size < 1:
+      raise ValueError(f"beam_size={settings.beam_size}: give 1 (greedy) or more.")
+    if not 1 <= nbest <= settings.beam_size:
+      raise ValueError(f"nbest={nbest} must be between 1 and beam_size="
+                       f"{settings.beam_size}.")
+    if not settings.alpha >= 0:  # Also NaN.
+      raise ValueError(f"alpha={settings.alpha} must be 0 or more.")
+    return dataclasses.replace(settings, alpha=float(settings.alpha)), nbest
+
+  def translate(self, texts: Sequence[str], *, beam_size: int | None = None,
+                alpha: float | None = None, nbest: int | None = None,
+                name: str = "<input>", first_line: int = 1, progress: bool = False
+                ) -> list[Translation]:
+    """One Translation (text, ids, score, n-best list) per text, in order.
+
+    `name` labels warnings (file:line); `first_line` numbers `texts[0]` in `name`
+    when translating a file in chunks.
+    """
+    settings, nbest = self.options(beam_size, alpha, nbest)
     return translate.translate(
-        texts, self.tokenizer, self.decoder.bind(self.graphdef, self.params),
-        max_len=self.decoder.max_len, batch_tokens=self.batch_tokens, name=name,
+        texts, self.tokenizer, functools.partial(self._decode, settings=settings,
+                                                 nbest=nbest),
+        max_len=self.max_len, batch_tokens=self.batch_tokens, name=name,
         first_line=first_line, progress=progress)
+
+  def score(self, sources: Sequence[str], targets: Sequence[str], *,
+            name: str = "<input>") -> list[scoring.Score]:
+    """Teacher-forced log p(target | source), per sentence and per token, in order."""
+    return scoring.score(sources, targets, self.tokenizer, self._score,
+                         max_len=self.max_len, batch_tokens=self.batch_tokens,
+                         name=name)
+
+  # One prepared batch at a time, for callers that form their own batches.
+
+  def tokenize(self, texts: Sequence[str], name: str = "<request>") -> list[Source]:
+    """Sources as `translate_batch` takes them; cut to `max_len` (`truncated` set)."""
+    return translate.tokenize(texts, self.tokenizer, self.max_len, name)
+
+  def translate_batch(self, sources: Sequence[Source], length: int, rows: int,
+                      settings: DecodeSettings, nbest: int) -> list[Translation]:
+    """Translates non-empty `sources` (within `length` tokens) as one [rows, length]."""
+    inputs = translate.pad_batch([s.ids for s in sources], length, rows)
+    tokens, scores = self._decode(inputs, settings=settings, nbest=nbest)
+    return [Translation(h, s.truncated) for s, h in zip(
+        sources, translate.hypotheses(tokens, scores, self.tokenizer, len(sources)))]
+
+  def score_batch(self, pairs: Sequence[scoring.Pair], length: int, rows: int
+                  ) -> list[scoring.Score]:
+    return scoring.score_batch(pairs, length, rows, self._score)
+
+  def warmup(self, batch_tokens: int, max_rows: int = MAX_ROWS, *,
+             settings: DecodeSettings | None = None, nbest: int = 1,
+             score: bool = True) -> int:
+    """Compiles every (rows, bucket) shape that batches within `batch_tokens` can take.
+
+    Decodes (and scores) a one-token sentence in each shape, so the run is short.
+    Returns the number of shapes.
+    """
+    settings = settings or self.settings
+    shapes = translate.batch_shapes(self.max_len, batch_tokens, max_rows)
+    start = time.perf_counter()
+    ids = [tokenizer_lib.UNK_ID, tokenizer_lib.EOS_ID]
+    for rows, length in shapes:
+      self._decode(translate.pad_batch([ids] * rows, length, rows), settings=settings,
+                   nbest=nbest)
+      if score:
+        batch = translate.pad_batch([ids] * rows, length, rows)
+        np.asarray(self._score(batch, batch))
+    logging.info("Compiled %d shapes (rows, bucket) in %.1f s: %s", len(shapes),
+                 time.perf_counter() - start, shapes)
+    return len(shapes)
