@@ -1,6 +1,8 @@
-"""Inference from a training workdir: translate, evaluate, benchmark, average.
+"""Inference from a training workdir: translate, evaluate, score, serve, benchmark, ...
 
   python infer.py --mode=translate --workdir=DIR --input=en.txt --output=fr.txt
+  python infer.py --mode=score     --workdir=DIR --input=en.txt --target=fr.txt
+  python infer.py --mode=serve     --workdir=DIR --port=8080
   python infer.py --mode=evaluate  --workdir=DIR --split=test_2016_flickr
   python infer.py --mode=evaluate  --workdir=DIR --input=src.en --reference=ref.fr
   python infer.py --mode=benchmark --config=configs/transformer_base.py
@@ -23,9 +25,11 @@ from ml_collections import config_flags
 
 from bench import decode as decode_bench
 from data import tokenizer as tokenizer_lib
+from inference import compile_cache
 from inference import evaluate
 from inference import export as export_lib
 from inference import restore
+from inference import server
 from inference import translate
 from inference.translator import Translator
 from inference.translator import inference_partitioner
@@ -34,8 +38,8 @@ from parallel.sharding import Partitioner
 from storage import layout
 
 _MODE = flags.DEFINE_enum("mode", "translate",
-                          ["translate", "evaluate", "benchmark", "average", "export"],
-                          "What to do.")
+                          ["translate", "evaluate", "score", "serve", "benchmark",
+                           "average", "export"], "What to do.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json,"
                                " spm.model, checkpoints/).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
@@ -47,6 +51,9 @@ _DTYPE = flags.DEFINE_string("dtype", None, "Inference dtype for parameters and 
 _INPUT = flags.DEFINE_string("input", "-", "Source file, one sentence per line; - is"
                              " stdin.")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file; - is stdout.")
+_TARGET = flags.DEFINE_string("target", None, "--mode=score: translations to score,"
+                              " line-aligned with --input; without it each --input"
+                              " line is source<TAB>target.")
 _REFERENCE = flags.DEFINE_string("reference", None, "Reference file for --mode=evaluate"
                                  " with --input.")
 _SPLIT = flags.DEFINE_string("split", None, "TFDS split for --mode=evaluate, e.g."
@@ -67,6 +74,37 @@ _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per ba
 _BUFFER_SIZE = flags.DEFINE_integer("buffer_size", 2000, "--mode=translate: lines read,"
                                     " translated and written at a time, so memory"
                                     " stays bounded and output appears as it goes.")
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None, "JAX persistent compilation cache, so a later run"
+    " loads compiled programs instead of compiling; created private (0700). Default:"
+    " $JAX_COMPILATION_CACHE_DIR, else ~/.cache/nmt-enfr/jax; empty: no cache.")
+_MAX_SOURCE_LEN = flags.DEFINE_integer("max_source_len", None, "Tokens a sentence is"
+                                       " cut to; default (and at most) the model's"
+                                       " limit. Fewer means fewer shapes to compile.")
+# --mode=serve.
+_SERVE_DEFAULTS = server.ServerConfig()
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "--mode=serve: address to bind;"
+                            " 0.0.0.0 serves other machines too.")
+_PORT = flags.DEFINE_integer("port", 8080, "--mode=serve: TCP port.")
+_MAX_BATCH_TOKENS = flags.DEFINE_integer(
+    "max_batch_tokens", _SERVE_DEFAULTS.max_batch_tokens, "--mode=serve: source tokens"
+    " per device batch, padding included; each bucket's batch shapes compile at"
+    " warm-up.")
+_MAX_BATCH_WAIT_MS = flags.DEFINE_float(
+    "max_batch_wait_ms", _SERVE_DEFAULTS.max_batch_wait_ms, "--mode=serve: how long a"
+    " sentence waits for batch mates before its batch is sent anyway.")
+_MAX_QUEUE = flags.DEFINE_integer("max_queue_sentences",
+                                  _SERVE_DEFAULTS.max_queue_sentences, "--mode=serve:"
+                                  " sentences waiting; beyond it requests get 503.")
+_MAX_REQUEST = flags.DEFINE_integer("max_request_sentences",
+                                    _SERVE_DEFAULTS.max_request_sentences,
+                                    "--mode=serve: sentences per request.")
+_MAX_BODY = flags.DEFINE_integer("max_body_bytes", _SERVE_DEFAULTS.max_body_bytes,
+                                 "--mode=serve: request body size; beyond it 413.")
+_TIMEOUT = flags.DEFINE_float("request_timeout_s", _SERVE_DEFAULTS.request_timeout_s,
+                              "--mode=serve: a request not answered by then gets 504.")
+_WARMUP = flags.DEFINE_bool("warmup", True, "--mode=serve: compile every batch shape"
+                            " before /healthz reports ready.")
 _AVERAGE_LAST = flags.DEFINE_integer("average_last", 5, "Checkpoints to average.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "--mode=benchmark with random weights: the model config.")
@@ -90,22 +128,24 @@ def _workdir() -> str:
   return _WORKDIR.value
 
 
-def _settings(config=None) -> translate.DecodeSettings:
-  """The run's config.decode (or the defaults), with the flags given overriding it."""
-  settings = translate.DecodeSettings.from_config(
-      None if config is None else config.get("decode"))
-  given = {field: flag.value for field, flag in (
+def _decode_flags() -> dict:
+  """The decode-setting flags given on the command line."""
+  return {field: flag.value for field, flag in (
       ("beam_size", _BEAM), ("alpha", _ALPHA), ("max_len_a", _MAX_LEN_A),
       ("max_len_b", _MAX_LEN_B)) if flags.FLAGS[flag.name].present}
-  return dataclasses.replace(settings, **given)
+
+
+def _settings(config=None) -> translate.DecodeSettings:
+  """The run's config.decode (or the defaults), with the flags given overriding it."""
+  return dataclasses.replace(translate.DecodeSettings.from_config(
+      None if config is None else config.get("decode")), **_decode_flags())
 
 
 def _translator() -> Translator:
-  config = layout.read_config(_workdir())
   return Translator.from_workdir(
-      _workdir(), partitioner=inference_partitioner(config), step=_STEP.value,
-      checkpoint_dir=_CHECKPOINT_DIR.value, dtype=_DTYPE.value,
-      settings=_settings(config), nbest=_NBEST.value, batch_tokens=_BATCH_TOKENS.value)
+      _workdir(), step=_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value,
+      dtype=_DTYPE.value, decode_overrides=_decode_flags(), nbest=_NBEST.value,
+      batch_tokens=_BATCH_TOKENS.value, max_len=_MAX_SOURCE_LEN.value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,9 +286,47 @@ def _evaluate():
   print(json.dumps({**result, **dataclasses.asdict(translator.decoder.settings)}))
 
 
+def _score():
+  """Teacher-forced log-probabilities: one `score<TAB>token scores` line per pair.
+
+  Pairs from --input and --target, or --input lines of source<TAB>target.
+  """
+  try:
+    translate.check_output_path(_OUTPUT.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  name = "<stdin>" if _INPUT.value == "-" else _INPUT.value
+  if _TARGET.value:
+    if _INPUT.value == "-":
+      raise app.UsageError("--target needs --input to be a file, not stdin.")
+    sources, targets = evaluate.read_file_pair(_INPUT.value, _TARGET.value)
+  else:
+    lines = translate.read_lines(sys.stdin.buffer.read() if _INPUT.value == "-"
+                                 else epath.Path(_INPUT.value).read_bytes(), name)
+    if bad := [i for i, line in enumerate(lines, 1) if line.count("\t") != 1]:
+      raise app.UsageError(f"{name}: lines {bad[:5]} are not source<TAB>target; give"
+                           " one tab per line, or --target=FILE.")
+    pairs = [line.split("\t") for line in lines]
+    sources, targets = [p[0] for p in pairs], [p[1] for p in pairs]
+  scores = _translator().score(sources, targets, name=name)
+  with _open_output(_OUTPUT.value) as out:
+    out.write("".join(s.line() + "\n" for s in scores).encode("utf-8"))
+
+
+def _serve():
+  translator = _translator()
+  server.serve(translator, server.ServerConfig(
+      max_batch_tokens=_MAX_BATCH_TOKENS.value,
+      max_batch_wait_ms=_MAX_BATCH_WAIT_MS.value,
+      max_queue_sentences=_MAX_QUEUE.value,
+      max_request_sentences=_MAX_REQUEST.value, max_body_bytes=_MAX_BODY.value,
+      request_timeout_s=_TIMEOUT.value, warmup=_WARMUP.value), _HOST.value, _PORT.value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  compile_cache.enable(_CACHE_DIR.value)
   if _MODE.value == "benchmark":
     _benchmark()
   elif _MODE.value == "export":
@@ -259,6 +337,10 @@ def main(argv):
                                       _AVERAGE_LAST.value))
   elif _MODE.value == "translate":
     _translate()
+  elif _MODE.value == "score":
+    _score()
+  elif _MODE.value == "serve":
+    _serve()
   else:
     _evaluate()
 

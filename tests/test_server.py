@@ -1,0 +1,283 @@
+"""The HTTP server (inference/server.py) on loopback, with a tiny random-weight model.
+
+One server for the module: its warm-up compiles the few batch shapes of a 16-token
+limit and a 32-token batch budget; the other servers share its Translator, so they
+compile nothing. Clients are plain urllib, from threads for concurrency.
+"""
+import asyncio
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from aiohttp import web
+import jax
+from prometheus_client import parser
+import pytest
+
+from data import tokenizer as tokenizer_lib
+from inference import server
+from inference.translator import Translator
+from inference.translator import inference_partitioner
+from models import transformer
+from storage import layout
+from tests.conftest import REPO
+
+MAX_LEN = 16  # Source tokens: buckets 8 and 16 only.
+BATCH_TOKENS = 32  # Batches of (1|2|4, 8) and (1|2, 16): five shapes.
+TEXTS = ["A man in a blue shirt is riding a bike.", "", "Two dogs play.",
+         "A little girl climbs into a wooden playhouse while her brother watches from"
+         " the grass, laughing.",  # Over 16 tokens: truncated.
+         "People walk.", "A woman sells fruit.", "   ", "Hi"]
+
+# Every new jit trace or XLA compilation, anywhere in the process.
+_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kwargs: _COMPILES.append(event) if event in (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/backend_compile_duration") else None)
+
+
+@pytest.fixture(scope="module")
+def workdir(prepared, tmp_path_factory):
+  """A workdir holding the smoke model with random weights at step 1."""
+  config, prepared_dir, _, tokenizer = prepared
+  workdir = tmp_path_factory.mktemp("served")
+  proto = (prepared_dir / "spm.model").read_bytes()
+  (workdir / "spm.model").write_bytes(proto)
+  layout.write_config(workdir, config)
+  layout.record_tokenizer(workdir, proto)
+  model_cfg = transformer.TransformerConfig.from_config(
+      config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer_lib.PAD_ID)
+  _, params = inference_partitioner(config).init_params(model_cfg.make_model())
+  layout.save_params(layout.checkpoint_dir(workdir), 1, params)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def translator(workdir):
+  return Translator.from_workdir(str(workdir), max_len=MAX_LEN,
+                                 batch_tokens=BATCH_TOKENS)
+
+
+class _Served:
+  """An aiohttp app on 127.0.0.1:<free port>, on an event loop in its own thread."""
+
+  def __init__(self, app: web.Application):
+    self.loop = asyncio.new_event_loop()
+    self.runner = web.AppRunner(app)
+    threading.Thread(target=self.loop.run_forever, daemon=True).start()
+    self._call(self.runner.setup())
+    site = web.TCPSite(self.runner, "127.0.0.1", 0)
+    self._call(site.start())
+    self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+  def _call(self, coroutine):
+    return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=600)
+
+  def close(self):
+    self._call(self.runner.cleanup())
+    self.loop.call_soon_threadsafe(self.loop.stop)
+
+  def wait_ready(self, timeout=600):
+    deadline = time.monotonic() + timeout
+    while _get(self.url + "/healthz")[0] != 200:
+      assert time.monotonic() < deadline, "server not ready in time"
+      time.sleep(0.2)
+
+
+def _request(url, body: bytes | None = None):
+  """(status, headers, body) of a GET (no body) or POST."""
+  try:
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=120) as r:
+      return r.status, r.headers, r.read()
+  except urllib.error.HTTPError as e:
+    return e.code, e.headers, e.read()
+
+
+def _get(url):
+  try:
+    return _request(url)
+  except urllib.error.URLError:
+    return None, None, b""
+
+
+def _post(url, payload) -> tuple[int, dict]:
+  body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+  status, _, data = _request(url, body)
+  return status, json.loads(data)
+
+
+@pytest.fixture(scope="module")
+def served(translator):
+  served = _Served(server.make_app(translator, server.ServerConfig(
+      max_batch_tokens=BATCH_TOKENS, max_batch_wait_ms=20, max_request_sentences=20,
+      max_body_bytes=4096)))
+  served.wait_ready()
+  yield served
+  served.close()
+
+
+def test_concurrent_requests_get_the_offline_translations_in_order(served, translator):
+  requests = [TEXTS[i:] + TEXTS[:i] for i in range(len(TEXTS))] * 2  # 16 orders.
+  offline = {t: r for t, r in zip(TEXTS, translator.translate(TEXTS))}
+  with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+    responses = list(pool.map(lambda texts: _post(served.url + "/v1/translate",
+                                                  {"text": texts}), requests))
+  for texts, (status, body) in zip(requests, responses):
+    assert status == 200, body
+    assert [t["text"] for t in body["translations"]] == [offline[t].text for t in texts]
+    assert [t["truncated"] for t in body["translations"]] == [offline[t].truncated
+                                                             for t in texts]
+  assert offline[TEXTS[3]].truncated
+
+
+def test_nbest_and_score_match_the_translator(served, translator):
+  status, body = _post(served.url + "/v1/translate",
+                       {"text": TEXTS[:3], "beam_size": 2, "nbest": 2, "alpha": 0.3})
+  assert status == 200, body
+  offline = translator.translate(TEXTS[:3], beam_size=2, nbest=2, alpha=0.3)
+  for got, want in zip(body["translations"], offline):
+    assert [h["text"] for h in got["nbest"]] == [h.text for h in want.nbest]
+    assert got["tokens"] == list(want.ids)
+  sources, targets = TEXTS[:3], ["Un homme.", "", "Deux chiens jouent."]
+  status, body = _post(served.url + "/v1/score", {"source": sources, "target": targets})
+  assert status == 200, body
+  for got, want in zip(body["scores"], translator.score(sources, targets)):
+    assert got["tokens"] == list(want.ids)
+    assert got["score"] == pytest.approx(want.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    ({"text": "one string"}, "list of strings"),
+    ({"text": ["a", 3]}, "list of strings"),
+    ({"text": ["a"], "beam_size": "4"}, "integer"),
+    ({"text": ["a"], "beam_size": 99}, "limit"),
+    ({"text": ["a"], "beam_size": 2, "nbest": 3}, "nbest"),
+    ({"text": ["a"], "alpha": -1}, "alpha"),
+    ({"text": ["a"], "beams": 2}, "unknown fields"),
+    ({"text": ["a"] * 21}, "at most 20"),
+    ({"source": ["a"], "target": []}, "one target per source"),
+])
+def test_malformed_requests_get_400_saying_what_is_wrong(served, payload, message):
+  path = "/v1/score" if "source" in str(payload) else "/v1/translate"
+  status, body = _post(served.url + path, payload)
+  assert status == 400 and message in body["error"], body
+
+
+def test_body_over_the_limit_gets_413(served):
+  status, body = _post(served.url + "/v1/translate", {"text": ["a" * 5000]})
+  assert status == 413, body
+
+
+def test_full_queue_gets_503_and_a_slow_request_504(translator):
+  strict = _Served(server.make_app(translator, server.ServerConfig(
+      max_batch_tokens=BATCH_TOKENS, max_batch_wait_ms=2000, max_queue_sentences=2,
+      request_timeout_s=0.2, warmup=False)))  # Shares the compiled translator.
+  try:
+    strict.wait_ready()
+    status, headers, body = _request(strict.url + "/v1/translate",
+                                     json.dumps({"text": ["a", "b", "c"]}).encode())
+    assert status == 503 and "queue full" in json.loads(body)["error"]
+    assert int(headers["Retry-After"]) >= 1
+    # One sentence waits 2 s for batch mates: past the 0.2 s timeout.
+    status, body = _post(strict.url + "/v1/translate", {"text": ["a"]})
+    assert status == 504 and "0.2 s" in body["error"], body
+  finally:
+    strict.close()
+
+
+def test_healthz_is_503_until_warmup_is_done(translator):
+  release = threading.Event()
+
+  class Blocked:  # The translator, with a warm-up that waits for `release`.
+    def __getattr__(self, name):
+      return getattr(translator, name)
+
+    def warmup(self, *args, **kwargs):
+      release.wait(60)
+
+  pending = _Served(server.make_app(Blocked(), server.ServerConfig()))
+  try:
+    assert _get(pending.url + "/healthz")[0] == 503
+    status, body = _post(pending.url + "/v1/translate", {"text": ["a"]})
+    assert status == 503 and "warming up" in body["error"]
+    release.set()
+    pending.wait_ready(timeout=30)
+  finally:
+    pending.close()
+
+
+def test_no_compilation_after_warmup(served):
+  before = len(_COMPILES)
+  for alpha in (0.0, 0.6, 1.1):  # alpha is traced: no new program.
+    for count in (1, 2, 3, 4, 5, 7):  # Every row padding of both buckets.
+      for texts in (TEXTS[:count], [TEXTS[3]] * count):
+        status, body = _post(served.url + "/v1/translate",
+                             {"text": texts, "alpha": alpha})
+        assert status == 200, body
+        status, body = _post(served.url + "/v1/score", {"source": texts,
+                                                        "target": texts})
+        assert status == 200, body
+  assert _COMPILES[before:] == []
+
+
+def test_metrics_parse_and_count_requests_and_batches(served):
+  _post(served.url + "/v1/translate", {"text": TEXTS})
+  status, headers, body = _request(served.url + "/metrics")
+  assert status == 200 and headers["Content-Type"].startswith("text/plain")
+  families = {f.name: f for f in parser.text_string_to_metric_families(body.decode())}
+  samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for f in families.values() for s in f.samples}
+  assert samples[("nmt_requests_total", (("code", "200"),
+                                         ("endpoint", "/v1/translate")))] >= 1
+  assert samples[("nmt_batch_sentences_count", (("kind", "translate"),))] >= 1
+  assert samples[("nmt_tokens_total", (("kind", "translate"), ("side", "source")))] > 0
+  assert {"nmt_request_seconds", "nmt_queue_sentences", "nmt_tokens_per_second",
+          "nmt_ready"} <= set(families)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sigterm_answers_requests_in_flight_and_exits_0(workdir):
+  port = _free_port()
+  url = f"http://127.0.0.1:{port}"
+  process = subprocess.Popen(
+      [sys.executable, str(REPO / "infer.py"), "--mode=serve", f"--workdir={workdir}",
+       f"--port={port}", f"--max_source_len={MAX_LEN}",
+       f"--max_batch_tokens={BATCH_TOKENS}", "--max_batch_wait_ms=30000"],
+      cwd=REPO, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+  try:
+    deadline = time.monotonic() + 600
+    while _get(url + "/healthz")[0] != 200:
+      assert process.poll() is None, process.stderr.read().decode()[-3000:]
+      assert time.monotonic() < deadline
+      time.sleep(0.5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      # Waits for batch mates (30 s) until SIGTERM sends its batch at once.
+      response = pool.submit(_post, url + "/v1/translate", {"text": TEXTS})
+      while b"nmt_queue_sentences 0.0" in _get(url + "/metrics")[2]:
+        time.sleep(0.05)
+      process.send_signal(signal.SIGTERM)
+      signalled = time.monotonic()
+      status, body = response.result(timeout=60)
+    assert status == 200 and len(body["translations"]) == len(TEXTS)
+    assert time.monotonic() - signalled < 20  # Sent at once, not after 30 s.
+    assert process.wait(timeout=60) == 0
+  finally:
+    process.kill()
+    process.wait()
