@@ -22,13 +22,10 @@ import jax
 from prometheus_client import parser
 import pytest
 
-from data import tokenizer as tokenizer_lib
 from inference import server
 from inference.translator import Translator
-from inference.translator import inference_partitioner
-from models import transformer
-from storage import layout
 from tests.conftest import REPO
+from tests.test_translator import random_workdir
 
 MAX_LEN = 16  # Source tokens: buckets 8 and 16 only.
 BATCH_TOKENS = 32  # Batches of (1|2|4, 8) and (1|2, 16): five shapes.
@@ -47,18 +44,7 @@ jax.monitoring.register_event_duration_secs_listener(
 
 @pytest.fixture(scope="module")
 def workdir(prepared, tmp_path_factory):
-  """A workdir holding the smoke model with random weights at step 1."""
-  config, prepared_dir, _, tokenizer = prepared
-  workdir = tmp_path_factory.mktemp("served")
-  proto = (prepared_dir / "spm.model").read_bytes()
-  (workdir / "spm.model").write_bytes(proto)
-  layout.write_config(workdir, config)
-  layout.record_tokenizer(workdir, proto)
-  model_cfg = transformer.TransformerConfig.from_config(
-      config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer_lib.PAD_ID)
-  _, params = inference_partitioner(config).init_params(model_cfg.make_model())
-  layout.save_params(layout.checkpoint_dir(workdir), 1, params)
-  return workdir
+  return random_workdir(prepared, tmp_path_factory.mktemp("served"))
 
 
 @pytest.fixture(scope="module")
