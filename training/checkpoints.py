@@ -6,7 +6,12 @@ the optimizer state; `optimizer` holds the step and optimizer state; both are sh
 (each process writes its shards). `data` is every process's grain iterator state, so a
 resumed run reads exactly the batches an uninterrupted run would have.
 Saves are asynchronous; orbax writes into a temporary folder and renames it when
-complete, so a crash mid-save leaves no half checkpoint behind.
+complete, so a crash or a full disk mid-save leaves no half checkpoint behind, and the
+one before it is kept (old steps are deleted only once a new one is complete). The
+temporary folder of a save cut short (`<step>.orbax-checkpoint-tmp`) is deleted at
+the next start. A save that fails in the background raises its own error (e.g.
+`OSError: [Errno 28] No space left on device`) at the next `check()`, i.e. within a
+training step, not only at the next save.
 
 Resume is strict: a checkpoint whose tree or shapes differ from the state the config
 builds (model size, optimizer, gradient accumulation, vocabulary) or that was saved by
@@ -14,6 +19,7 @@ another number of processes stops the run (`CheckpointMismatchError`). Only an
 unreadable checkpoint (corrupt files) is moved aside to `<step>.corrupt-<time>` and
 the one before it restored. All processes restore the same step.
 """
+import contextlib
 import time
 
 from absl import logging
@@ -99,23 +105,64 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
             preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(n=max_to_keep),
                 policies.BestN(get_metric_fn=lambda m: m["bleu"], n=1,
                                keep_checkpoints_without_metrics=False)])))
-    self.last_good = None  # The newest step restored or saved (all finite).
+    self.last_good = None  # The newest step restored or completely saved.
+    self._in_flight = None  # The step whose asynchronous save may still run.
 
   def save(self, step: int, state: steps.TrainState, data_iterator,
            bleu: float | None = None) -> None:
-    """Saves asynchronously; `bleu` (validation, if measured now) ranks checkpoints."""
-    self.manager.save(step, metrics=None if bleu is None else {"bleu": bleu},
-                      args=ocp.args.Composite(**{
-                          layout.PARAMS: ocp.args.StandardSave(state.params),
-                          layout.OPTIMIZER: ocp.args.StandardSave(
-                              {"step": state.step, "opt_state": state.opt_state}),
-                          layout.DATA: grain.checkpoint.CheckpointSave(data_iterator)}),
-                      force=True)
-    self.last_good = step
+    """Saves asynchronously; `bleu` (validation, if measured now) ranks checkpoints.
+
+    Waits for the previous save first, raising its error if it failed.
+    """
+    self.wait()
+    self._in_flight = step
+    with self._failure_note():
+      self.manager.save(step, metrics=None if bleu is None else {"bleu": bleu},
+                        args=ocp.args.Composite(**{
+                            layout.PARAMS: ocp.args.StandardSave(state.params),
+                            layout.OPTIMIZER: ocp.args.StandardSave(
+                                {"step": state.step, "opt_state": state.opt_state}),
+                            layout.DATA: grain.checkpoint.CheckpointSave(
+                                data_iterator)}),
+                        force=True)
+
+  def check(self) -> None:
+    """Raises the error of a failed asynchronous save, once it is done; cheap.
+
+    Called every training step, so a save that failed (e.g. on a full disk) stops
+    the run at once instead of one checkpoint interval later.
+    """
+    if self._in_flight is not None and not self.manager.is_saving_in_progress():
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until the pending save is complete; raises its error if it failed."""
+    with self._failure_note():
+      self.manager.wait_until_finished()
+    if self._in_flight is not None:
+      self.last_good, self._in_flight = self._in_flight, None
+
+  @contextlib.contextmanager
+  def _failure_note(self):
+    """Adds to a failed save's own error which step failed and what is intact."""
+    try:
+      yield
+    except Exception as e:
+      if self._in_flight is not None:
+        before = ("no checkpoint was saved before it" if self.last_good is None else
+                  f"the checkpoints before it are intact, the newest being step"
+                  f" {self.last_good}")
+        e.add_note(
+            f"Saving checkpoint {self._in_flight} in {self.directory} failed;"
+            f" {before}. Fix the cause (e.g. free disk space) and rerun to resume;"
+            " the failed save's temporary folder is deleted then.")
+        self._in_flight = None
+      raise
 
   def restore_latest(self, abstract_state: steps.TrainState, data_iterator
                      ) -> tuple[steps.TrainState | None, int]:
@@ -190,5 +237,8 @@ class Checkpointer:
     return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the pending save (raising its error if it failed), then closes."""
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
