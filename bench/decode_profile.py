@@ -92,14 +92,14 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
   encoded = encode(params, inputs)
   cross_kv = jax.jit(lambda p, e: nnx.merge(graphdef, p).precompute_cross_kv(e))(
       params, encoded)
-  cache = model.init_cache(rows, max_len)
+  cache = model.init_cache(batch, max_len, beam)
   cache = cache.replace(index=jnp.asarray(max_len // 2, jnp.int32))
   src_mask = inputs != cfg.pad_id
   y = jax.random.normal(jax.random.key(0), (rows, 1, d), jnp.float32)
   logits = jax.random.normal(jax.random.key(1), (rows, vocab), jnp.float32)
   step_index = jnp.asarray(max_len // 2, jnp.int32)
   table = jax.jit(lambda p: nnx.merge(graphdef, p).output_table())(params)
-  self_mask = (jnp.arange(max_len) <= step_index)[None, None, None, :]
+  self_mask = cache.ancestor_mask(step_index)  # [batch, 1, beam, beam * max_len]
   cross_mask = src_mask[:, None, None, :]
   layer = nnx.graphdef(model.decoder_layers[0])
 
@@ -107,11 +107,13 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
     return jax.jit(lambda p, *a: fn(nnx.merge(layer, p), *a))
 
   def self_attn(l, y, k, v):
+    # The step's projections and attention over the sentence's beam * max_len
+    # cached keys. The one-position cache write is left out: without buffer
+    # donation it would copy the whole cache, which the loop writes in place.
     h = l.self_norm(y)
     nk, nv = l.self_attn.project_kv(h)
-    k = lax.dynamic_update_slice(k, nk, (0, 0, step_index, 0))
-    v = lax.dynamic_update_slice(v, nv, (0, 0, step_index, 0))
-    return l.self_attn.attend(h, k, v, self_mask), k, v
+    flat = lambda c: c.reshape(c.shape[:2] + (-1, c.shape[-1]))
+    return l.self_attn.attend(h, flat(k), flat(v), self_mask), nk, nv
 
   decoder_bytes = _params_bytes(nnx.state(model.decoder_layers))
   pieces = {  # name: (jitted function, its arguments, weight bytes read, per step)

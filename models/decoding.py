@@ -4,8 +4,10 @@ The encoder runs once per batch and every decoder layer's cross-attention keys/v
 are projected once per sentence. They are not tiled over the beam: the beams of a
 sentence become the query axis of cross-attention (`MultiHeadAttention.attend`), so a
 [batch * beam] decoder attends to [batch] keys/values. Self-attention keys/values go
-into a cache preallocated for `max_decode_len` positions and written in place. The
-output projection reads an [embed, vocab] table laid out once per call.
+into a cache preallocated for `max_decode_len` positions, written in place and never
+reordered: each beam slot keeps its own entries and attention masks them to each
+hypothesis's ancestors (`DecodeCache`). The output projection reads an
+[embed, vocab] table laid out once per call.
 
 The search itself (models/search.py) knows nothing of the model: this module gives it
 `Transformer.decode_step` as its step function. The special ids are not declared
@@ -76,7 +78,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
     return model.decode_step(tokens, t, cache, cross_kv, src_mask, output_table)
 
   return search.search(
-      step_fn, model.init_cache(batch * beam_size, max_decode_len), max_len,
+      step_fn, model.init_cache(batch, max_decode_len, beam_size), max_len,
       jnp.asarray(alpha, jnp.float32), batch=batch, beam_size=beam_size,
       max_decode_len=max_decode_len,
       num_steps=max_decode_len if forced_len is None else forced_len,

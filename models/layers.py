@@ -162,9 +162,12 @@ class MlpBlock(nnx.Module):
 
 
 def update_cache(cache: Array, new: Array, index: Array) -> Array:
-  """Writes new [batch, heads, 1, head_dim] at position `index` of the cache.
+  """Writes new [batch * beam, heads, 1, head_dim] at position `index` of the cache.
 
-  cache: [batch, heads, max_decode_len, head_dim]; updated in place under jit.
+  cache: [batch, heads, beam, max_decode_len, head_dim], the beams of a sentence
+  side by side so that they read as one [beam * max_decode_len] key axis; row r of
+  `new` is slot r % beam of sentence r // beam. Updated in place under jit.
   """
-  return lax.dynamic_update_slice(cache, new.astype(cache.dtype),
-                                  (0, 0, index, 0))
+  batch, heads, beam, _, head_dim = cache.shape
+  new = new.reshape(batch, beam, heads, 1, head_dim).swapaxes(1, 2)
+  return lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, 0, 0, index, 0))

@@ -2,9 +2,10 @@
 
 `search` takes a step function, `(tokens [rows], step, cache) -> (logits [rows,
 vocab], cache)`, and the cache pytree it threads; rows are batch * beam, the beams of
-sentence i being rows i * beam ... i * beam + beam - 1. Reordering the cache after
-each step is a tree map over its leaves, so any model (or a stub returning fixed
-logits, as the tests do) plugs in.
+sentence i being rows i * beam ... i * beam + beam - 1. After each step the cache
+follows the surviving hypotheses (`reorder_cache`: the cache's own `reorder`, or a
+tree map over its leaves), so any model (or a stub returning fixed logits, as the
+tests do) plugs in.
 
 Search rules, per sentence:
 - Each step expands every live hypothesis by every token except pad and keeps
@@ -30,12 +31,11 @@ import jax.numpy as jnp
 from parallel.sharding import logical_to_spec, with_logical_constraint
 
 Array = jax.Array
-Cache = Any  # A pytree whose leaves have batch * beam rows first (scalars excepted).
+Cache = Any  # A pytree with batch * beam rows first in its leaves, or a `reorder` method.
 # step_fn(tokens [rows] int32, step [] int32, cache) -> (logits [rows, vocab] float32,
 #                                                       cache)
 StepFn = Callable[[Array, Array, Cache], tuple[Array, Cache]]
 NEG_INF = -jnp.inf
-CACHE_AXES = ("batch", "heads", "length", "kv")  # 4-D leaves: [rows, heads, len, kv]
 
 
 class Decoded(NamedTuple):
@@ -104,14 +104,18 @@ def _gather_beams(x: Array, idx: Array) -> Array:
 
 
 def reorder_cache(cache: Cache, parent: Array) -> Cache:
-  """Every cache leaf with batch * beam rows follows its hypotheses' parents.
+  """The cache after hypotheses move to their parents [batch, beam].
 
-  Cost: per step this copies the whole cache (for the Transformer, 2 * layers *
-  rows * max_decode_len * qkv_dim values), the price of a cache that attention reads
-  contiguously. Skipped for beam 1, where the parent is always the row itself.
+  A cache that defines `reorder(parent)` moves itself (the Transformer's moves only
+  its small ancestry table, see `models.transformer.DecodeCache`). Otherwise every
+  leaf with batch * beam rows is gathered to follow its hypotheses' parents, a copy
+  of the whole cache per step. Skipped for beam 1, where the parent is always the row
+  itself.
   """
   if parent.shape[1] == 1:
     return cache
+  if hasattr(cache, "reorder"):
+    return cache.reorder(parent)
   batch, beam = parent.shape
 
   def move(c: Array) -> Array:
@@ -119,8 +123,7 @@ def reorder_cache(cache: Cache, parent: Array) -> Cache:
       return c  # E.g. a step counter.
     c = _gather_beams(c.reshape((batch, beam) + c.shape[1:]), parent)
     c = c.reshape((batch * beam,) + c.shape[2:])
-    names = CACHE_AXES if c.ndim == 4 else ("batch",) + (None,) * (c.ndim - 1)
-    return with_logical_constraint(c, names)
+    return with_logical_constraint(c, ("batch",) + (None,) * (c.ndim - 1))
 
   return jax.tree.map(move, cache)
 
@@ -135,8 +138,25 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
                                   keepdims=False)  # [batch, beam]
   prev = jnp.where(t == 0, pad_id, prev)
   logits, cache = step_fn(prev.reshape(-1), t, state.cache)  # [batch * beam, vocab]
-  vocab = logits.shape[-1]
-  logits = logits.reshape(batch, beam, vocab)
+  # Named scopes label the ops in profiles (bench/decode_profile.py --trace).
+  with jax.named_scope("top_k"):
+    top_logp, parent, token = _best_expansions(
+        logits.reshape(batch, beam, -1), state.alive_logp, eos_id, pad_id,
+        suppress_eos)  # [batch, beam] each
+  with jax.named_scope("beam_bookkeeping"):
+    state = _advance(state, top_logp, parent, token, max_len, alpha, eos_id)
+  with jax.named_scope("cache_reorder"):
+    return state.replace(cache=reorder_cache(cache, parent))
+
+
+def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
+                     suppress_eos: bool) -> tuple[Array, Array, Array]:
+  """The beam best (log-probability, parent, token) [batch, beam] of each sentence.
+
+  logits [batch, beam, vocab] of the live hypotheses, whose log-probabilities are
+  alive_logp [batch, beam].
+  """
+  batch, beam, vocab = logits.shape
   # log p = logits - logsumexp over the whole vocabulary. Pad is never emitted; its
   # probability mass is dropped, not renormalised, so scores stay sums of the
   # model's log-probabilities.
@@ -149,13 +169,22 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
   # [beam * vocab] (lower parent, then lower token), at a third of its cost.
   k = min(beam, vocab)
   row_logits, row_tokens = _top_k(logits, k)  # [batch, beam, k]
-  candidates = state.alive_logp[..., None] + (row_logits - log_norm)
-  top_logp, top_idx = _top_k(candidates.reshape(batch, beam * k), beam)  # [batch, beam]
-  parent = top_idx // k
+  candidates = alive_logp[..., None] + (row_logits - log_norm)
+  top_logp, top_idx = _top_k(candidates.reshape(batch, beam * k), beam)
   token = jnp.take_along_axis(row_tokens.reshape(batch, beam * k), top_idx, axis=1)
+  return top_logp, top_idx // k, token
+
+
+def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
+             max_len: Array, alpha: Array, eos_id: int) -> BeamState:
+  """Moves the chosen expansions into the live set, or the finished set if they end.
+
+  Everything but the cache, which `reorder_cache` moves.
+  """
+  batch, beam = parent.shape
   seqs = _gather_beams(state.alive_seqs, parent)
-  seqs = lax.dynamic_update_index_in_dim(seqs, token, t, axis=2)
-  length = t + 1
+  seqs = lax.dynamic_update_index_in_dim(seqs, token, state.step, axis=2)
+  length = state.step + 1
   finishing = (token == eos_id) | (length >= max_len[:, None])  # [batch, beam]
 
   # Finished set: the beam best of old and new, old first so that ties keep it.
@@ -174,9 +203,9 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
   # is live: the bound is then -inf).
   done = finished_scores[:, -1] >= bound
   alive_logp = jnp.where(done[:, None], NEG_INF, alive_logp)  # Freezes the sentence.
-  return BeamState(step=length, alive_seqs=seqs, alive_logp=alive_logp,
-                   finished_seqs=finished_seqs, finished_scores=finished_scores,
-                   finished_lens=finished_lens, cache=reorder_cache(cache, parent))
+  return state.replace(step=length, alive_seqs=seqs, alive_logp=alive_logp,
+                       finished_seqs=finished_seqs, finished_scores=finished_scores,
+                       finished_lens=finished_lens)
 
 
 def search(step_fn: StepFn, cache: Cache, max_len: Array, alpha: Array, *,

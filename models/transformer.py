@@ -4,8 +4,8 @@ Handles packed batches (segment ids and per-sentence positions), pre- or post-LN
 blocks, one shared embedding for source, target and output logits, and incremental
 decoding for beam search: cross-attention keys/values are projected once per
 sentence (`precompute_cross_kv`) and self-attention keys/values go into a
-preallocated cache (`init_cache`, `decode_step`). Caches are plain pytrees so a
-`lax.while_loop` can carry them.
+preallocated cache (`init_cache`, `decode_step`) that beam search never copies
+(`DecodeCache`). Caches are plain pytrees so a `lax.while_loop` can carry them.
 """
 from collections.abc import Callable
 import dataclasses
@@ -15,6 +15,7 @@ from typing import Any
 import flax
 from flax import nnx
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from models.layers import (MlpBlock, MultiHeadAttention, attention_mask, layer_norm,
@@ -88,12 +89,39 @@ def count_params(params: nnx.State) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
+CACHE_AXES = ("batch", "heads", None, "length", "kv")  # Logical axes of k/v leaves.
+
+
 @flax.struct.dataclass
 class DecodeCache:
-  """Self-attention keys/values of the positions decoded so far."""
-  k: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len, head_dim]
-  v: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len, head_dim]
+  """Self-attention keys/values of the positions decoded so far, never moved.
+
+  Beam search moves hypotheses between the beam slots of their sentence at every
+  step. Copying every layer's keys/values after them would move the whole cache per
+  step; instead each slot keeps what it wrote, and `slots` records, per hypothesis
+  and position, which slot of the sentence holds its ancestor's entry. Attention
+  reads the sentence's beam * max_decode_len keys once, masked to those ancestors
+  (`ancestor_mask`), and following the beam moves `slots` alone (`reorder`).
+  """
+  k: tuple[Array, ...]  # per decoder layer [batch, heads, beam, max_decode_len, head_dim]
+  v: tuple[Array, ...]  # per decoder layer [batch, heads, beam, max_decode_len, head_dim]
+  slots: Array  # [batch, beam, max_decode_len] int32: slot holding each ancestor's K/V
   index: Array  # [] int32: number of positions written
+
+  def reorder(self, parent: Array) -> "DecodeCache":
+    """Hypothesis j of each sentence now continues hypothesis parent [batch, beam][j]."""
+    return self.replace(slots=jnp.take_along_axis(self.slots, parent[..., None], axis=1))
+
+  def ancestor_mask(self, step_index: Array) -> Array:
+    """[batch, 1, beam, beam * max_decode_len] bool: the keys each hypothesis reads.
+
+    Key (slot s, position p) is visible to hypothesis j when p <= step_index and
+    its ancestor at p wrote slot s.
+    """
+    batch, beam, max_len = self.slots.shape
+    written = jnp.arange(max_len) <= step_index  # [max_len]
+    mask = (self.slots[:, :, None, :] == jnp.arange(beam)[:, None]) & written
+    return mask.reshape(batch, 1, beam, beam * max_len)
 
 
 @flax.struct.dataclass
@@ -186,18 +214,24 @@ class DecoderLayer(_Block):
                ) -> tuple[Array, tuple[Array, Array] | None]:
     """y [batch, tgt_len, embed] -> (y, cache); a given cache gets K/V at `index`."""
     kw = dict(deterministic=deterministic, rngs=rngs)
-    h = self._branch_in(y, self.self_norm)
-    k, v = self.self_attn.project_kv(h)  # [batch, heads, tgt_len, head_dim]
-    if cache is not None:  # Decoding: tgt_len == 1, attend to all cached positions.
-      k, v = update_cache(cache[0], k, index), update_cache(cache[1], v, index)
-      cache = (k, v)  # [batch, heads, max_decode_len, head_dim]
-    h = self.self_attn.attend(h, k, v, self_mask, **kw)
-    y = self._branch_out(y, h, self.self_norm, **kw)
-    h = self.cross_attn.attend(self._branch_in(y, self.cross_norm), cross_k, cross_v,
-                               cross_mask, **kw)
-    y = self._branch_out(y, h, self.cross_norm, **kw)
-    y = self._branch_out(y, self.mlp(self._branch_in(y, self.mlp_norm), **kw),
-                         self.mlp_norm, **kw)
+    with jax.named_scope("self_attention"):  # Scopes name the ops in profiles.
+      h = self._branch_in(y, self.self_norm)
+      k, v = self.self_attn.project_kv(h)  # [batch, heads, tgt_len, head_dim]
+      if cache is not None:  # Decoding: tgt_len == 1, one position per hypothesis.
+        cache = (update_cache(cache[0], k, index), update_cache(cache[1], v, index))
+        # [batch, heads, beam, max_decode_len, head_dim] -> the sentence's beams as
+        # one key axis [batch, heads, beam * max_decode_len, head_dim] (a free
+        # reshape).
+        k, v = (c.reshape(c.shape[:2] + (-1, c.shape[-1])) for c in cache)
+      h = self.self_attn.attend(h, k, v, self_mask, **kw)
+      y = self._branch_out(y, h, self.self_norm, **kw)
+    with jax.named_scope("cross_attention"):
+      h = self.cross_attn.attend(self._branch_in(y, self.cross_norm), cross_k, cross_v,
+                                 cross_mask, **kw)
+      y = self._branch_out(y, h, self.cross_norm, **kw)
+    with jax.named_scope("mlp"):
+      y = self._branch_out(y, self.mlp(self._branch_in(y, self.mlp_norm), **kw),
+                           self.mlp_norm, **kw)
     return with_logical_constraint(y, ACTIVATION), cache  # [batch, tgt_len, embed]
 
 
@@ -243,18 +277,19 @@ class Transformer(nnx.Module):
     With `output_table` (from `output_table()`, built once per decode call) the
     projection reads an [embed, vocab] kernel instead of the transposed embedding.
     """
-    if self.decoder_norm is not None:
-      y = self.decoder_norm(y)
-    if output_table is not None:
-      logits = jnp.dot(y, output_table.kernel.astype(y.dtype))
-      if output_table.bias is not None:
-        logits = logits + output_table.bias.astype(y.dtype)
-    elif self.logits_dense is None:
-      logits = self.embed.attend(y)
-    else:
-      logits = self.logits_dense(y)
-    return with_logical_constraint(logits.astype(jnp.float32),
-                                   ("batch", "length", "vocab"))
+    with jax.named_scope("output_projection"):  # Names the ops in profiles.
+      if self.decoder_norm is not None:
+        y = self.decoder_norm(y)
+      if output_table is not None:
+        logits = jnp.dot(y, output_table.kernel.astype(y.dtype))
+        if output_table.bias is not None:
+          logits = logits + output_table.bias.astype(y.dtype)
+      elif self.logits_dense is None:
+        logits = self.embed.attend(y)
+      else:
+        logits = self.logits_dense(y)
+      return with_logical_constraint(logits.astype(jnp.float32),
+                                     ("batch", "length", "vocab"))
 
   def output_table(self) -> "OutputTable":
     """The output projection laid out [embed, vocab], for decoding.
@@ -339,12 +374,18 @@ class Transformer(nnx.Module):
     kv = [layer.cross_attn.project_kv(encoded) for layer in self.decoder_layers]
     return CrossKV(k=tuple(k for k, _ in kv), v=tuple(v for _, v in kv))
 
-  def init_cache(self, batch_size: int, max_decode_len: int) -> DecodeCache:
-    """Zeroed self-attention cache for `max_decode_len` positions, compute dtype."""
-    shape = (batch_size, self.cfg.num_heads, max_decode_len, self.cfg.head_dim)
-    zeros = lambda: tuple(jnp.zeros(shape, jnp.dtype(self.cfg.dtype))
-                          for _ in range(self.cfg.num_decoder_layers))
-    return DecodeCache(k=zeros(), v=zeros(), index=jnp.zeros((), jnp.int32))
+  def init_cache(self, batch_size: int, max_decode_len: int, beam_size: int = 1
+                 ) -> DecodeCache:
+    """Zeroed self-attention cache of `beam_size` hypotheses per sentence."""
+    shape = (batch_size, self.cfg.num_heads, beam_size, max_decode_len,
+             self.cfg.head_dim)
+    zeros = lambda: tuple(
+        with_logical_constraint(jnp.zeros(shape, jnp.dtype(self.cfg.dtype)), CACHE_AXES)
+        for _ in range(self.cfg.num_decoder_layers))
+    return DecodeCache(k=zeros(), v=zeros(),
+                       slots=jnp.zeros((batch_size, beam_size, max_decode_len),
+                                       jnp.int32),
+                       index=jnp.zeros((), jnp.int32))
 
   def decode_step(self, token: Array, step_index: Array, cache: DecodeCache,
                   cross_kv: CrossKV, src_mask: Array,
@@ -353,16 +394,21 @@ class Transformer(nnx.Module):
     """Logits for position `step_index` given the previous token.
 
     token [rows] is the token at `step_index - 1` (pad_id, the start token, at step
-    0);
-    cross_kv and src_mask [batch, src_len] (True at real source tokens) cover `batch`
-    sentences; rows = batch * beam for beam search, the beams of sentence i being rows
-    i * beam ... i * beam + beam - 1 (they share the sentence's cross K/V, uncopied).
-    Returns float32 logits [rows, vocab] and the cache with this step's K/V written.
+    0); rows = batch * beam, the beams of sentence i being rows i * beam ...
+    i * beam + beam - 1, as in `cache` (from `init_cache(batch, max_decode_len,
+    beam)`); they share the sentence's cross K/V, uncopied. cross_kv and src_mask
+    [batch, src_len] (True at real source tokens) cover the `batch` sentences.
+    Returns float32 logits [rows, vocab] and the cache with this step's K/V written,
+    each row into its own slot.
     """
-    batch, max_decode_len = token.shape[0], cache.k[0].shape[2]
-    positions = jnp.full((batch, 1), step_index, jnp.int32)
+    rows, (batch, beam, _) = token.shape[0], cache.slots.shape
+    positions = jnp.full((rows, 1), step_index, jnp.int32)
     y = self._embed(self._target_table, token[:, None], positions, True, None)
-    self_mask = (jnp.arange(max_decode_len) <= step_index)[None, None, None, :]
+    own_slot = jnp.broadcast_to(jnp.arange(beam, dtype=jnp.int32)[:, None],
+                                (batch, beam, 1))  # Each hypothesis writes its own.
+    cache = cache.replace(slots=lax.dynamic_update_slice(cache.slots, own_slot,
+                                                         (0, 0, step_index)))
+    self_mask = cache.ancestor_mask(step_index)  # [batch, 1, beam, beam * max_len]
     cross_mask = src_mask.astype(bool)[:, None, None, :]  # [batch, 1, 1, src_len]
     new_k, new_v = [], []
     for i, layer in enumerate(self.decoder_layers):
@@ -370,6 +416,6 @@ class Transformer(nnx.Module):
                         cache=(cache.k[i], cache.v[i]), index=step_index)
       new_k.append(k)
       new_v.append(v)
-    logits = self._logits(y, output_table)[:, 0]  # [batch, vocab]
-    return logits, DecodeCache(k=tuple(new_k), v=tuple(new_v),
-                               index=jnp.asarray(step_index, jnp.int32) + 1)
+    logits = self._logits(y, output_table)[:, 0]  # [rows, vocab]
+    return logits, cache.replace(k=tuple(new_k), v=tuple(new_v),
+                                 index=jnp.asarray(step_index, jnp.int32) + 1)

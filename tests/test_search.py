@@ -5,6 +5,7 @@ every sequence's log-probability, so the search can be checked against brute for
 """
 import itertools
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,3 +99,21 @@ def test_reorder_cache_follows_parents_and_leaves_scalars():
   np.testing.assert_array_equal(moved["k"], np.asarray(cache["k"])[rows])
   assert int(moved["step"]) == 7
   assert search.reorder_cache(cache, parent[:, :1]) is cache  # Beam 1: no copy.
+
+
+def test_reorder_cache_defers_to_a_cache_that_reorders_itself():
+  """A cache with `reorder` (the Transformer's moves only its ancestry) is not copied."""
+
+  @flax.struct.dataclass
+  class SelfMoving:
+    rows: jax.Array  # [batch * beam, 1]: would be gathered by the generic path.
+    parents: jax.Array | None = None
+
+    def reorder(self, parent):
+      return self.replace(parents=parent)
+
+  cache = SelfMoving(rows=jnp.arange(6).reshape(6, 1))
+  parent = jnp.array([[1, 1, 0], [2, 0, 0]])
+  moved = search.reorder_cache(cache, parent)
+  np.testing.assert_array_equal(moved.rows, cache.rows)
+  np.testing.assert_array_equal(moved.parents, parent)
