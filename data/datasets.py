@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 # Registers 'wmt14_translate': TFDS's lazy catalogue does not find it without TensorFlow.
 from tensorflow_datasets.translate import wmt14  # pylint: disable=unused-import
 
-from data import multi30k  # pylint: disable=unused-import  (registers 'multi30k')
+from data import multi30k  # Also registers 'multi30k'.
 
 # config.data.dataset -> TFDS name. Both have 'en' and 'fr' text features.
 DATASETS = {
@@ -49,6 +49,9 @@ def load_sources(data_cfg, splits: Sequence[str]) -> dict[str, Sequence[dict]]:
         f"{name}: {e} A split is missing when its raw files were not in the manual"
         " directory at build time: add them and delete the dataset's folder under"
         " config.data.tfds_data_dir to rebuild.") from e
+  if data_cfg.dataset == "multi30k" and manual_dir is not None and sources:
+    # TFDS reuses a built dataset as it is: the raw files must still be the same.
+    multi30k.check_raw_files(sources[0].dataset_info, manual_dir)
   logging.info("%s: %s", name, {s: len(src) for s, src in zip(splits, sources)})
   return dict(zip(splits, sources))
 

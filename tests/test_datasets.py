@@ -1,6 +1,8 @@
 """The Multi30k TFDS builder on the real files, its errors, WMT14, text pairs, no TF."""
 import gzip
+import hashlib
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -135,3 +137,42 @@ def test_importing_and_reading_never_imports_tensorflow(prepared):
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                        text=True, check=True)
   assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+
+
+def test_changed_raw_files_are_detected_not_silently_reused(tmp_path, smoke_config):
+  """TFDS reuses a built dataset: a changed file or manual dir must not go unnoticed."""
+  manual = tmp_path / "raw"
+  manual.mkdir()
+  for stem in ("train", "val"):
+    _write_gz(manual / f"{stem}.en.gz", [f"{stem} sentence {i}" for i in range(4)])
+    _write_gz(manual / f"{stem}.fr.gz", [f"{stem} phrase {i}" for i in range(4)])
+  config = smoke_config.copy_and_resolve_references()
+  config.data.manual_dir = str(manual)
+  config.data.tfds_data_dir = str(tmp_path / "tfds")
+  source = datasets.load_sources(config.data, ["train"])["train"]
+  recorded = source.dataset_info.metadata[multi30k.RAW_FILES]
+  assert recorded["train.fr.gz"] == hashlib.sha256(
+      (manual / "train.fr.gz").read_bytes()).hexdigest()
+  assert sorted(recorded) == ["train.en.gz", "train.fr.gz", "val.en.gz", "val.fr.gz"]
+
+  copy = tmp_path / "copy"  # Another $MULTI30K_DIR with the same files is fine.
+  shutil.copytree(manual, copy)
+  config.data.manual_dir = str(copy)
+  assert datasets.load_sources(config.data, ["train"])["train"][0]["fr"] == (
+      b"train phrase 0")
+
+  _write_gz(copy / "train.fr.gz", ["corrected phrase 0"] + [
+      f"train phrase {i}" for i in range(1, 4)])
+  (copy / "val.en.gz").unlink()
+  _write_gz(copy / "test_2016_flickr.en.gz", ["a"])
+  _write_gz(copy / "test_2016_flickr.fr.gz", ["b"])
+  with pytest.raises(ValueError, match=(
+      r"built from other raw files than those in .*copy \(test_2016_flickr.en.gz new;"
+      r" test_2016_flickr.fr.gz new; train.fr.gz changed; val.en.gz missing now;"
+      r" val.fr.gz unpaired now\)"
+      r"\. Delete .*multi30k/en-fr/1.0.0 to rebuild")):
+    datasets.load_sources(config.data, ["train"])
+
+  shutil.rmtree(tmp_path / "tfds")  # The fix the error names: rebuilt from `copy`.
+  source = datasets.load_sources(config.data, ["train", "test_2016_flickr"])["train"]
+  assert source[0]["fr"] == b"corrected phrase 0"
