@@ -33,10 +33,15 @@ OPTIMIZER = "optimizer"
 DATA = "data"
 
 
+def is_remote(path) -> bool:
+  """A URL such as gs://bucket/dir (read and written through etils.epath and fsspec:
+  `pip install .[gcs]`), not a local path."""
+  return "://" in os.fspath(path)
+
+
 def absolute(path) -> epath.Path:
   """A local path made absolute (orbax rejects relative ones); gs:// paths as they are."""
-  path = str(path)
-  return epath.Path(path if "://" in path else os.path.abspath(path))
+  return epath.Path(path if is_remote(path) else os.path.abspath(path))
 
 
 def checkpoint_dir(workdir) -> epath.Path:
@@ -66,7 +71,7 @@ def atomic_write(path, data: bytes | str) -> None:
   """
   path = epath.Path(path)
   data = data.encode() if isinstance(data, str) else data
-  if "://" in str(path):
+  if is_remote(path):
     path.write_bytes(data)
     return
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -4,6 +4,11 @@ Two runs on one workdir would interleave checkpoints and delete each other's. Th
 is created atomically (a hard link, which fails if the file exists); a lock whose PID
 is not alive on this host is stale (a killed run) and taken over. Process 0 owns the
 lock of a multi-process run; the others learn whether it got it.
+
+On a bucket (gs:// workdir) the lock is best effort: object stores have no
+create-if-absent here, so two runs started within moments of each other could both
+take it (the check and the write are separate requests), and a lock left by a run
+that died on another host is never stale: delete it by hand, as the error says.
 """
 import contextlib
 import datetime
@@ -16,6 +21,8 @@ from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+
+from storage import layout
 
 LOCK_FILE = "train.lock"
 
@@ -50,7 +57,7 @@ def _is_stale(holder: dict | None) -> bool:
 
 def _create(path: epath.Path, content: str) -> bool:
   """Creates `path` holding `content` unless it exists; True if this call made it."""
-  if "://" in str(path):  # Buckets have no atomic create: best effort.
+  if layout.is_remote(path):  # No atomic create on a bucket: best effort.
     if path.exists():
       return False
     path.write_text(content)

@@ -1,0 +1,89 @@
+"""gs:// workdirs: the workdir's files go through etils.epath, never os.path.
+
+No bucket is reachable here, so an in-memory fsspec filesystem stands in for GCS:
+etils.epath opens gs:// paths with fsspec's 'gcs' implementation (gcsfs, from the
+`gcs` extra), which the fixture replaces.
+"""
+import configparser
+import json
+
+from etils import epath
+from etils.epath import backend
+from fsspec.implementations import memory
+from fsspec.registry import known_implementations
+import pytest
+
+from data import prepare
+from storage import layout
+from tests.conftest import REPO
+from training import lock
+from training import trainer
+
+WORKDIR = "gs://bucket/runs/en-fr"
+
+
+class FakeGcs(memory.MemoryFileSystem):
+  """A bucket in memory, answering to gs:// (its own store: no leak between tests)."""
+  protocol = ("gs", "gcs")
+  store = {}
+  pseudo_dirs = [""]
+
+
+@pytest.fixture
+def bucket(monkeypatch, tmp_path):
+  """Routes gs:// to a fresh FakeGcs; runs the test in an empty working directory."""
+  monkeypatch.setattr(FakeGcs, "store", {})
+  monkeypatch.setattr(FakeGcs, "pseudo_dirs", [""])
+  monkeypatch.setitem(known_implementations, "gcs",
+                      {"class": f"{__name__}.{FakeGcs.__name__}"})
+  # epath caches one filesystem per protocol.
+  clear_cache = backend.fsspec_backend._get_filesystem.cache_clear  # pylint: disable=protected-access
+  clear_cache()
+  monkeypatch.chdir(tmp_path)
+  yield FakeGcs.store
+  clear_cache()
+  # A gs:// URL taken for a local path would have made ./gs:/bucket/...
+  assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_layout_keeps_urls_and_writes_through_epath(bucket):
+  assert str(layout.checkpoint_dir(WORKDIR)) == f"{WORKDIR}/checkpoints"
+  assert str(layout.averaged_dir(WORKDIR, 5)) == f"{WORKDIR}/averaged_last5"
+  layout.atomic_write(epath.Path(WORKDIR) / "notes.txt", "whole")
+  assert bucket[f"{WORKDIR}/notes.txt"].getvalue() == b"whole"
+  assert layout.read_run_record(WORKDIR) == {}
+  assert layout.checkpoint_steps(layout.checkpoint_dir(WORKDIR)) == []
+
+
+def test_the_lock_works_on_a_bucket(bucket):
+  path = lock.acquire(WORKDIR)
+  assert str(path) == f"{WORKDIR}/{lock.LOCK_FILE}"
+  assert json.loads(path.read_text())["pid"] > 0
+  with pytest.raises(lock.WorkdirLockedError, match="is being trained by PID"):
+    lock.acquire(WORKDIR)
+  lock.release(path)
+  assert f"{WORKDIR}/{lock.LOCK_FILE}" not in bucket
+
+
+def test_prepare_and_run_files_on_a_bucket(prepared, bucket):
+  config, tokenizer_dir, _, _ = prepared
+  (epath.Path(WORKDIR) / layout.TOKENIZER_FILE).write_bytes(
+      (tokenizer_dir / layout.TOKENIZER_FILE).read_bytes())
+  _, tokenizer = prepare.prepare(config, WORKDIR)
+  trainer.write_run_info(config, epath.Path(WORKDIR), tokenizer)
+  for name in (layout.CONFIG_FILE, layout.RUN_FILE, "run_info.json"):
+    assert f"{WORKDIR}/{name}" in bucket
+  assert layout.read_config(WORKDIR).model.emb_dim == config.model.emb_dim
+  assert layout.load_tokenizer(WORKDIR).vocab_size == tokenizer.vocab_size
+  trainer.check_tokenizer(epath.Path(WORKDIR), tokenizer)
+
+
+def test_the_gcs_extra_installs_what_gs_paths_need():
+  """etils.epath opens gs:// with gcsfs; orbax (bucket checks) and tensorboardX
+  (event files) import google-cloud-storage."""
+  setup = configparser.ConfigParser()
+  setup.read(REPO / "setup.cfg")
+  extra = setup["options.extras_require"]["gcs"].split()
+  assert any(r.startswith(("gcsfs", "etils[epath-gcs]")) for r in extra), extra
+  assert any(r.startswith("google-cloud-storage") for r in extra), extra
+
