@@ -4,12 +4,14 @@ It decodes nothing itself: metrics beyond the validation loss (BLEU) come from
 `Evaluator`s that train.py passes in, so training never imports inference.
 """
 from collections.abc import Iterator, Sequence
+import contextlib
 import dataclasses
 import functools
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Protocol
 
@@ -186,8 +188,17 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> dict[str, float]:
   return steps.summarize_eval(jax.device_get(sums))
 
 
+class EvaluationInterrupted(Exception):
+  """A SIGTERM arrived during an evaluation; the pass was abandoned to save sooner."""
+
+
 class _Sigterm:
   """Remembers a SIGTERM so the loop can checkpoint the current step and stop.
+
+  Installed for all of `run` (a context manager; the previous handler comes back).
+  An evaluation (a validation BLEU pass can take minutes) is abandoned instead of
+  awaited: inside `interruptible()` the handler raises `EvaluationInterrupted`,
+  which Python delivers once the running device call returns, i.e. between batches.
 
   Single-process runs only: hosts of a multi-host run would see the signal at
   different steps, so there JAX's preemption service decides when all of them stop
@@ -196,16 +207,42 @@ class _Sigterm:
 
   def __init__(self):
     self.received = False
-    if jax.process_count() == 1:
+    self._evaluating = False
+    self._previous = None  # The handler to restore; None if none was installed.
+
+  def __enter__(self):
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
+      self._previous = (signal.getsignal(signal.SIGTERM),)
       signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous[0])
+
+  @contextlib.contextmanager
+  def interruptible(self):
+    """Runs the body unless a SIGTERM came; a SIGTERM during it aborts it."""
+    if self.received:
+      raise EvaluationInterrupted("SIGTERM received before the evaluation.")
+    self._evaluating = True
+    try:
+      yield
+    finally:
+      self._evaluating = False
 
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning("SIGTERM: saving a checkpoint at the current step, then stopping.")
     self.received = True
+    if self._evaluating:
+      self._evaluating = False  # Raised once, even if a second SIGTERM follows.
+      raise EvaluationInterrupted("SIGTERM received during the evaluation.")
 
 
 def _diverged(step: int, what: str, checkpointer) -> NonFiniteLossError:
+  checkpointer.wait()  # A save still in flight completes: it is the last good one.
   return NonFiniteLossError(
       f"Non-finite {what} at step {step}. Stopped without saving; the last good"
       f" checkpoint is step {checkpointer.last_good} in {checkpointer.directory}."
@@ -252,7 +289,15 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
   `data.prepare`; `evaluators` add metrics (e.g. BLEU) to each validation loss pass.
   Returns the last step reached (`step`) and the last validation metrics.
   """
-  workdir = epath.Path(workdir)
+  # From the start: a SIGTERM while restoring or compiling stops at the first step.
+  with _Sigterm() as sigterm:
+    return _run(config, epath.Path(workdir), partitioner, sources, tokenizer,
+                evaluators, sigterm)
+
+
+def _run(config, workdir: epath.Path, partitioner: Partitioner, sources, tokenizer,
+         evaluators: Sequence[Evaluator], sigterm: _Sigterm) -> dict[str, float]:
+  """`run` with the SIGTERM handler installed."""
   check_tokenizer(workdir, tokenizer)
   logging.info("Mesh %s over %d devices, %d processes.", dict(partitioner.mesh.shape),
                jax.device_count(), jax.process_count())
@@ -283,7 +328,7 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
   try:
     last_eval = _train_loop(config, workdir, state, start_step, inputs.train_iter,
                             batch_sharding, train_step, evaluate_now, checkpointer,
-                            writer, all_finite_fn(partitioner))
+                            writer, all_finite_fn(partitioner), sigterm)
   finally:  # A pending async save completes even when training stops on an error.
     checkpointer.close()
     writer.close()
@@ -293,14 +338,14 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
 
 
 def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
-                train_step, evaluate_now, checkpointer, writer, all_finite
-                ) -> dict[str, float]:
+                train_step, evaluate_now, checkpointer, writer, all_finite,
+                sigterm: _Sigterm) -> dict[str, float]:
   """Steps from `start_step` to the end (or a stop request); the last evaluation.
 
   Nothing non-finite is saved: the parameters are checked before every save, the
   loss and gradient norm at every logged step, the validation metrics when measured.
+  A failed asynchronous save stops the loop at the next step (`Checkpointer.check`).
   """
-  sigterm = _Sigterm()
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,
                        disable=jax.process_index() != 0, dynamic_ncols=True)
   last_eval, window_start, window_step = {}, time.perf_counter(), start_step
@@ -310,6 +355,7 @@ def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
   for step in range(start_step + 1, config.num_train_steps + 1):
     if step == profile_steps[0] > 0:
       jax.profiler.start_trace(str(workdir / "profile"))
+    checkpointer.check()
     batch = pipeline.make_global(next(train_iter), batch_sharding)
     state, metrics = train_step(state, batch)
     if step == profile_steps[1] and profile_steps[0] > 0:
@@ -332,12 +378,19 @@ def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
       window_start, window_step = time.perf_counter(), step
     bleu_now = None
     if last or step % config.eval_every_steps == 0:
-      last_eval = evaluate_now(state.params)
-      bleu_now = last_eval.get("bleu")
-      writer.write(step, "validation", last_eval)
-      logging.info("Step %d validation: %s", step, last_eval)
-      if not all(np.isfinite(v) for v in last_eval.values()):
-        raise _diverged(step, f"validation metrics ({last_eval})", checkpointer)
+      try:
+        with sigterm.interruptible():
+          measured = evaluate_now(state.params)
+      except EvaluationInterrupted:
+        logging.warning("Step %d: validation abandoned on SIGTERM.", step)
+        stopping = save = True
+      else:
+        last_eval = measured
+        bleu_now = last_eval.get("bleu")
+        writer.write(step, "validation", last_eval)
+        logging.info("Step %d validation: %s", step, last_eval)
+        if not all(np.isfinite(v) for v in last_eval.values()):
+          raise _diverged(step, f"validation metrics ({last_eval})", checkpointer)
     if save and not bool(all_finite(state.params)):
       raise _diverged(step, "parameters (the loss was still finite)", checkpointer)
     if save:  # BLEU measured at this step ranks the checkpoint.
