@@ -22,6 +22,7 @@ import jax
 from prometheus_client import parser
 import pytest
 
+from inference import batching
 from inference import server
 from inference.translator import Translator
 from tests.conftest import REPO
@@ -40,6 +41,41 @@ jax.monitoring.register_event_duration_secs_listener(
     lambda event, duration, **kwargs: _COMPILES.append(event) if event in (
         "/jax/core/compile/jaxpr_trace_duration",
         "/jax/core/compile/backend_compile_duration") else None)
+
+
+def _batcher(batches: list, per_batch=4, max_wait_s=0.05, max_queue=10):
+  """A Batcher whose model records each batch and doubles its items."""
+  def run(key, items):
+    batches.append((key, list(items)))
+    return [2 * x for x in items]
+  return batching.Batcher(run, lambda key: per_batch, max_wait_s=max_wait_s,
+                          max_queue=max_queue,
+                          executor=concurrent.futures.ThreadPoolExecutor(1))
+
+
+def test_batcher_sends_full_batches_at_once_and_others_after_the_wait():
+  async def main():
+    batches = []
+    batcher = _batcher(batches, max_wait_s=0.3)
+    batcher.start()
+    start = time.monotonic()
+    full = batcher.submit([("a", i) for i in range(4)])  # A full batch of key a,
+    late = batcher.submit([("b", 10), ("a", 4)])  # and two that wait for mates.
+    assert await asyncio.gather(*full) == [0, 2, 4, 6]
+    assert time.monotonic() - start < 0.25
+    assert await asyncio.gather(*late) == [20, 8]  # In the order asked.
+    assert time.monotonic() - start >= 0.3
+    with pytest.raises(batching.QueueFull):  # All or nothing.
+      batcher.submit([("a", i) for i in range(11)])
+    cancelled = batcher.submit([("c", 1)])
+    cancelled[0].cancel()
+    kept = batcher.submit([("c", 2)])
+    await batcher.close()  # Sends what waits at once.
+    assert await kept[0] == 4 and time.monotonic() - start < 0.6
+    return batches
+  batches = asyncio.run(main())
+  assert batches[0] == ("a", [0, 1, 2, 3]) and batches[3] == ("c", [2])
+  assert sorted(batches[1:3]) == [("a", [4]), ("b", [10])]  # Equally old.
 
 
 @pytest.fixture(scope="module")
