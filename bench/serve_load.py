@@ -109,7 +109,8 @@ def _server():
   port = _free_port()
   process = subprocess.Popen(
       [sys.executable, str(_REPO / "infer.py"), "--mode=serve",
-       f"--workdir={_WORKDIR.value}", f"--port={port}", *_SERVER_FLAGS.value],
+       f"--workdir={os.path.abspath(_WORKDIR.value)}", f"--port={port}",
+       *_SERVER_FLAGS.value],
       cwd=_REPO, env={**os.environ, "PYTHONPATH": str(_REPO)})
   try:
     yield f"http://127.0.0.1:{port}"

@@ -156,14 +156,15 @@ def _texts(body: dict, field: str, limit: int) -> list[str]:
   return texts
 
 
-def _option(body: dict, field: str, kind: type):
+def _option(body: dict, field: str, kind: type) -> int | float | None:
+  """body[field] as `kind` (int, or float accepting ints), or None if absent."""
   value = body.get(field)
   if value is None:
     return None
-  if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
-                                                else int):
-    raise _Error(400, f'"{field}" must be {"a number" if kind is float else "an integer"}'
-                 f", not {json.dumps(value)}.")
+  accepted = int if kind is int else (int, float)
+  if isinstance(value, bool) or not isinstance(value, accepted):
+    raise _Error(400, f'"{field}" must be {"an integer" if kind is int else "a number"},'
+                 f" not {json.dumps(value)}.")
   return kind(value)
 
 
@@ -233,6 +234,9 @@ async def _errors_and_metrics(request: web.Request, handler) -> web.StreamRespon
     response = web.json_response({"error": e.text or e.reason}, status=e.status,
                                  headers={k: v for k, v in e.headers.items()
                                           if k != "Content-Type"})
+  except Exception as e:  # pylint: disable=broad-except
+    logging.exception("%s %s failed.", request.method, request.path)
+    response = web.json_response({"error": f"internal error: {e!r}"}, status=500)
   endpoint = request.match_info.route.resource.canonical if (
       request.match_info.route.resource) else "other"
   state.metrics.requests.labels(endpoint, str(response.status)).inc()

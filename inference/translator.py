@@ -13,6 +13,7 @@ server); `warmup` compiles every shape such a caller can form.
 from collections.abc import Sequence
 import dataclasses
 import functools
+import math
 import time
 
 from absl import logging
@@ -96,7 +97,7 @@ class Translator:
     """(settings, nbest) of one call: the defaults with the given values replacing them.
 
     Raises ValueError if they are out of range (beam_size >= 1, 1 <= nbest <=
-    beam_size, alpha >= 0).
+    beam_size, finite alpha >= 0).
     """
     settings = dataclasses.replace(
         self.settings, **{k: v for k, v in (("beam_size", beam_size), ("alpha", alpha))
@@ -107,8 +108,8 @@ class Translator:
     if not 1 <= nbest <= settings.beam_size:
       raise ValueError(f"nbest={nbest} must be between 1 and beam_size="
                        f"{settings.beam_size}.")
-    if not settings.alpha >= 0:  # Also NaN.
-      raise ValueError(f"alpha={settings.alpha} must be 0 or more.")
+    if not (math.isfinite(settings.alpha) and settings.alpha >= 0):
+      raise ValueError(f"alpha={settings.alpha} must be a finite number >= 0.")
     return dataclasses.replace(settings, alpha=float(settings.alpha)), nbest
 
   def translate(self, texts: Sequence[str], *, beam_size: int | None = None,
