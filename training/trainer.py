@@ -213,13 +213,15 @@ class _Sigterm:
   def __enter__(self):
     if (jax.process_count() == 1
         and threading.current_thread() is threading.main_thread()):
-      self._previous = (signal.getsignal(signal.SIGTERM),)
+      previous = signal.getsignal(signal.SIGTERM)
+      # None: a handler set outside Python; the default is the closest to put back.
+      self._previous = signal.SIG_DFL if previous is None else previous
       signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def __exit__(self, *exc_info):
     if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous[0])
+      signal.signal(signal.SIGTERM, self._previous)
 
   @contextlib.contextmanager
   def interruptible(self):
