@@ -4,6 +4,7 @@ A tiny train state (two arrays) and a grain iterator stand in for a model: these
 properties of `training.checkpoints.Checkpointer` and orbax, not of the network.
 """
 import errno
+import json
 import time
 
 from etils import epath
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import train_in
 from training import checkpoints
 from training import steps
 
@@ -33,6 +35,16 @@ def _data_iter():
 
 def _entries(workdir):
   return sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def _temporary_folders_gone(workdir, seconds: float = 30) -> bool:
+  """Orbax deletes them in the background from the manager's creation on."""
+  deadline = time.monotonic() + seconds
+  while any("tmp" in name for name in _entries(workdir)):
+    if time.monotonic() > deadline:
+      return False
+    time.sleep(0.05)
+  return True
 
 
 def _full_disk_at(monkeypatch, step: int) -> None:
@@ -62,6 +74,7 @@ def test_leftover_temporary_checkpoints_are_deleted_at_start(tmp_path):
 
   saver = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2)
   restored, step = saver.restore_latest(_abstract(), _data_iter())
+  assert _temporary_folders_gone(tmp_path)
   saver.close()
   assert _entries(tmp_path) == ["1"]
   assert step == 1 and float(restored.params["w"][0]) == 1.0
@@ -91,7 +104,8 @@ def test_a_full_disk_stops_at_once_and_keeps_the_last_checkpoint(tmp_path,
   restored, step = saver.restore_latest(_abstract(), _data_iter())
   assert step == 1 and saver.last_good == 1
   np.testing.assert_array_equal(restored.params["w"], np.full(4, 1.0))
-  assert _entries(tmp_path) == ["1"]  # The failed save's folder is gone.
+  assert _temporary_folders_gone(tmp_path)  # The failed save's folder.
+  assert _entries(tmp_path) == ["1"]
   saver.save(2, _state(2.0), _data_iter())
   saver.close()
   assert _entries(tmp_path) == ["2"]
@@ -105,3 +119,23 @@ def test_a_failed_save_is_raised_by_close(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="No space left") as failure:
     saver.close()
   assert "no checkpoint was saved before it" in str(failure.value.__notes__)
+
+
+@pytest.mark.slow  # Runs the trainer twice.
+def test_training_stops_on_a_full_disk_and_resumes_from_the_last_checkpoint(
+    prepared, tmp_path, monkeypatch):
+  config = prepared[0].copy_and_resolve_references()
+  config.num_train_steps, config.checkpoint_every_steps = 8, 2
+  config.eval_every_steps = 100
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
+  _full_disk_at(monkeypatch, 4)
+  with pytest.raises(OSError, match="No space left") as failure:
+    train_in(config, workdir, prepared)
+  assert "Saving checkpoint 4" in str(failure.value.__notes__)
+  rows = [json.loads(r) for r in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert max(r["step"] for r in rows) < 8  # Stopped, did not train on to the end.
+  monkeypatch.undo()
+  assert train_in(config, workdir, prepared)["step"] == 8
+  assert _entries(workdir) == ["2", "4", "6", "8"]
