@@ -6,7 +6,9 @@ key is sent when it is full (`per_batch(key)` jobs) or when its oldest job has w
 `max_wait_s`, whichever comes first; full batches go before late ones, the oldest
 first. The model runs in a worker thread, one batch at a time, so the event loop never
 blocks and keeps queueing while the device is busy: under load, batches fill up while
-the previous one decodes.
+the previous one decodes. A batch with rows to spare takes jobs of the keys
+`fillers(key)` names, in that order (the server names the same options' smaller
+buckets, padded up: more sentences per device call for a little padding).
 
 A request's sentences may ride in different batches; each has its own future, so the
 request gathers them back in order. A cancelled future (a timed-out or disconnected
@@ -42,9 +44,11 @@ class Batcher:
 
   def __init__(self, run: RunFn, per_batch: Callable[[Hashable], int], *,
                max_wait_s: float, max_queue: int,
-               executor: concurrent.futures.Executor):
+               executor: concurrent.futures.Executor,
+               fillers: Callable[[Hashable], Sequence[Hashable]] = lambda key: ()):
     self._run = run
     self._per_batch = per_batch
+    self._fillers = fillers
     self._max_wait_s = max_wait_s
     self._max_queue = max_queue
     self._executor = executor
@@ -121,6 +125,17 @@ class Batcher:
       return min(ready, key=lambda x: x[0])[1], None
     return None, wait
 
+  def _take(self, key: Hashable) -> list[_Job]:
+    """Up to a full batch: the jobs of `key`, then of its fillers, oldest first."""
+    jobs, room = [], self._per_batch(key)
+    for k in (key, *self._fillers(key)):
+      queue = self._pending.get(k)
+      while queue and len(jobs) < room:
+        jobs.append(queue.popleft())
+      if queue is not None and not queue:
+        del self._pending[k]
+    return jobs
+
   async def _loop(self) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -134,10 +149,7 @@ class Batcher:
         except TimeoutError:
           pass
         continue
-      queue = self._pending[key]
-      jobs = [queue.popleft() for _ in range(min(len(queue), self._per_batch(key)))]
-      if not queue:
-        del self._pending[key]
+      jobs = self._take(key)
       try:
         results = await loop.run_in_executor(self._executor, self._run, key,
                                              [j.item for j in jobs])

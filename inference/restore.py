@@ -40,7 +40,15 @@ def model_config(workdir: str, config=None, tokenizer=None
       config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer_lib.PAD_ID)
 
 
-def _choose_step(directory: epath.Path, workdir: str, step: int | None) -> int:
+def checkpoint_directory(workdir: str, checkpoint_dir: str | None = None
+                         ) -> epath.Path:
+  """WORKDIR/checkpoints, or `checkpoint_dir` (e.g. an averaged one) made absolute."""
+  return (layout.checkpoint_dir(workdir) if checkpoint_dir is None
+          else layout.absolute(checkpoint_dir))
+
+
+def choose_step(directory: epath.Path, workdir: str, step: int | None) -> int:
+  """`step` if `directory` holds it, else its latest; an error says how to train one."""
   steps = layout.checkpoint_steps(directory)
   if not steps:
     raise FileNotFoundError(
@@ -61,9 +69,8 @@ def restore_params(workdir: str, partitioner: Partitioner, *, step: int | None =
   sets both the compute dtype and the dtype the parameters are cast to; default: the
   training config's. `stored_config` is `model_config(workdir)`, if the caller has it.
   """
-  directory = (layout.checkpoint_dir(workdir) if checkpoint_dir is None
-               else layout.absolute(checkpoint_dir))
-  step = _choose_step(directory, workdir, step)
+  directory = checkpoint_directory(workdir, checkpoint_dir)
+  step = choose_step(directory, workdir, step)
   stored_config = stored_config or model_config(workdir)
   _, abstract = partitioner.abstract_params(stored_config.make_model())
   params = layout.restore_params(directory, step, abstract)

@@ -62,7 +62,7 @@ def _finite(x: float | None) -> float | None:
   return x if x is not None and math.isfinite(x) else None
 
 
-def _translation(t: translate.Translation, nbest: int) -> dict:
+def _translation_json(t: translate.Translation, nbest: int) -> dict:
   out = {"text": t.text, "score": _finite(t.score), "tokens": list(t.ids),
          "truncated": t.truncated}
   if nbest > 1:
@@ -71,7 +71,7 @@ def _translation(t: translate.Translation, nbest: int) -> dict:
   return out
 
 
-def _score(s: scoring.Score) -> dict:
+def _score_json(s: scoring.Score) -> dict:
   return {"score": s.score, "tokens": list(s.ids), "token_scores": list(s.token_scores),
           "truncated": s.truncated}
 
@@ -91,6 +91,12 @@ class _State:
   def per_batch(self, key) -> int:
     return translate.rows_per_batch(key[1], self.config.max_batch_tokens)
 
+  @staticmethod
+  def fillers(key) -> list:
+    """The same options' smaller buckets, nearest first: they pad up to `key`'s."""
+    kind, length, *options = key
+    return [(kind, b, *options) for b in reversed(translate.BUCKETS) if b < length]
+
   def run(self, key, items: list) -> list:
     """One device batch (in the worker thread): key (kind, bucket, ...options)."""
     kind, length, *options = key
@@ -99,11 +105,11 @@ class _State:
     if kind == "translate":
       results = self.translator.translate_batch(items, length, rows, *options)
       source = sum(len(s.ids) for s in items)
-      target = sum(len(h.ids) + 1 for t in results for h in t.nbest[:1])
+      target = sum(len(t.ids) + 1 for t in results)  # The best hypotheses, EOS too.
     else:
       results = self.translator.score_batch(items, length, rows)
-      source, target = sum(len(p.source) for p in items), sum(len(p.target)
-                                                              for p in items)
+      source = sum(len(p.source) for p in items)
+      target = sum(len(p.target) for p in items)
     self.metrics.batch(kind, len(items), source, target, time.perf_counter() - start)
     return results
 
@@ -188,7 +194,7 @@ async def _translate(request: web.Request) -> web.Response:
   translations = [translate.Translation([])] * len(sources)
   for source, result in zip(todo, results):
     translations[source.line - 1] = result
-  return web.json_response({"translations": [_translation(t, nbest)
+  return web.json_response({"translations": [_translation_json(t, nbest)
                                              for t in translations]})
 
 
@@ -204,7 +210,7 @@ async def _score_handler(request: web.Request) -> web.Response:
                            state.translator.max_len, "<request>")
   results = await state.gather([(("score", translate.bucket(p.length)), p)
                                 for p in pairs])
-  return web.json_response({"scores": [_score(s) for s in results]})
+  return web.json_response({"scores": [_score_json(s) for s in results]})
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -265,7 +271,8 @@ def make_app(translator: Translator, config: ServerConfig = ServerConfig()
     loop = asyncio.get_running_loop()
     state.batcher = batching.Batcher(
         state.run, state.per_batch, max_wait_s=config.max_batch_wait_ms / 1000,
-        max_queue=config.max_queue_sentences, executor=state.executor)
+        max_queue=config.max_queue_sentences, executor=state.executor,
+        fillers=state.fillers)
     state.batcher.start()
     warmup = loop.run_in_executor(state.executor, state.warmup)
     warmup.add_done_callback(_log_failure)

@@ -64,6 +64,9 @@ class Translator:
     (e.g. {"beam_size": 1}) replacing fields. Reads config.json and spm.model once.
     """
     config = layout.read_config(workdir)
+    # No checkpoint is the likelier mistake: its error, saying how to train, comes first.
+    step = restore.choose_step(restore.checkpoint_directory(workdir, checkpoint_dir),
+                               workdir, step)
     tokenizer = layout.load_tokenizer(workdir)
     if partitioner is None:
       partitioner = inference_partitioner(config)

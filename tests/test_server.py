@@ -36,13 +36,17 @@ TEXTS = ["A man in a blue shirt is riding a bike.", "", "Two dogs play.",
          "People walk.", "A woman sells fruit.", "   ", "Hi"]
 
 def _batcher(batches: list, per_batch=4, max_wait_s=0.05, max_queue=10):
-  """A Batcher whose model records each batch and doubles its items."""
+  """A Batcher whose model records each batch and doubles its items.
+
+  Batches of key "b" take jobs of key "a" into spare rows.
+  """
   def run(key, items):
     batches.append((key, list(items)))
     return [2 * x for x in items]
   return batching.Batcher(run, lambda key: per_batch, max_wait_s=max_wait_s,
                           max_queue=max_queue,
-                          executor=concurrent.futures.ThreadPoolExecutor(1))
+                          executor=concurrent.futures.ThreadPoolExecutor(1),
+                          fillers=lambda key: ["a"] if key == "b" else [])
 
 
 def test_batcher_sends_full_batches_at_once_and_others_after_the_wait():
@@ -52,22 +56,27 @@ def test_batcher_sends_full_batches_at_once_and_others_after_the_wait():
     batcher.start()
     start = time.monotonic()
     full = batcher.submit([("a", i) for i in range(4)])  # A full batch of key a,
-    late = batcher.submit([("b", 10), ("a", 4)])  # and two that wait for mates.
+    late = batcher.submit([("c", 10), ("a", 4)])  # and two that wait for mates.
     assert await asyncio.gather(*full) == [0, 2, 4, 6]
     assert time.monotonic() - start < 0.25
     assert await asyncio.gather(*late) == [20, 8]  # In the order asked.
+    older = batcher.submit([("b", 6)])
+    await asyncio.sleep(0.05)
+    newer = batcher.submit([("a", 5)])  # Rides in b's batch, in a spare row.
+    assert await asyncio.gather(*older, *newer) == [12, 10]
     assert time.monotonic() - start >= 0.3
     with pytest.raises(batching.QueueFull):  # All or nothing.
       batcher.submit([("a", i) for i in range(11)])
-    cancelled = batcher.submit([("c", 1)])
+    cancelled = batcher.submit([("d", 1)])
     cancelled[0].cancel()
-    kept = batcher.submit([("c", 2)])
+    kept = batcher.submit([("d", 2)])
     await batcher.close()  # Sends what waits at once.
-    assert await kept[0] == 4 and time.monotonic() - start < 0.6
+    assert await kept[0] == 4 and time.monotonic() - start < 0.9
     return batches
   batches = asyncio.run(main())
-  assert batches[0] == ("a", [0, 1, 2, 3]) and batches[3] == ("c", [2])
-  assert sorted(batches[1:3]) == [("a", [4]), ("b", [10])]  # Equally old.
+  assert batches[0] == ("a", [0, 1, 2, 3]) and batches[-1] == ("d", [2])
+  assert sorted(batches[1:3]) == [("a", [4]), ("c", [10])]  # Equally old.
+  assert batches[3] == ("b", [6, 5])
 
 
 @pytest.fixture(scope="module")
