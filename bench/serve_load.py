@@ -48,6 +48,9 @@ _SECONDS = flags.DEFINE_float("seconds", 60, "Seconds per level, at most.")
 _SINGLE = flags.DEFINE_integer("single", 100, "Sentences translated one at a time"
                                " offline, for one sentence's decode time; 0: skip.")
 _OFFLINE = flags.DEFINE_bool("offline", True, "Measure offline translation first.")
+_MAX_SOURCE_LEN = flags.DEFINE_integer(
+    "max_source_len", None, "Tokens a sentence is cut to, offline and in the server;"
+    " default the model's limit.")
 _URL = flags.DEFINE_string("url", None, "A running server; default: start one.")
 _SERVER_FLAGS = flags.DEFINE_list(
     "server_flags", [], "Extra infer.py flags for the server it starts, e.g."
@@ -72,7 +75,7 @@ def _percentiles(seconds: list[float]) -> dict:
 
 def _offline(sentences: list[str]) -> list[dict]:
   """Throughput of one batched call, and one sentence's latency, in this process."""
-  translator = Translator.from_workdir(_WORKDIR.value)
+  translator = Translator.from_workdir(_WORKDIR.value, max_len=_MAX_SOURCE_LEN.value)
   translator.translate(sentences)  # Compiles.
   start = time.perf_counter()
   translator.translate(sentences)
@@ -110,7 +113,8 @@ def _server():
   process = subprocess.Popen(
       [sys.executable, str(_REPO / "infer.py"), "--mode=serve",
        f"--workdir={os.path.abspath(_WORKDIR.value)}", f"--port={port}",
-       *_SERVER_FLAGS.value],
+       *([f"--max_source_len={_MAX_SOURCE_LEN.value}"] if _MAX_SOURCE_LEN.value
+         else []), *_SERVER_FLAGS.value],
       cwd=_REPO, env={**os.environ, "PYTHONPATH": str(_REPO)})
   try:
     yield f"http://127.0.0.1:{port}"
