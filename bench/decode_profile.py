@@ -39,6 +39,8 @@ _BEAM = flags.DEFINE_integer("beam_size", 4, "Beam width.")
 _SRC_LEN = flags.DEFINE_integer("src_len", 32, "Source tokens.")
 _MAX_LEN = flags.DEFINE_integer("max_decode_len", 64, "Cache length (decoder steps).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 32000, "Vocabulary (random weights).")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Parameter and compute dtype (the "
+                             "CTranslate2 comparison's float32 by default).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per piece.")
 
 
@@ -99,7 +101,7 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
   logits = jax.random.normal(jax.random.key(1), (rows, vocab), jnp.float32)
   step_index = jnp.asarray(max_len // 2, jnp.int32)
   table = jax.jit(lambda p: nnx.merge(graphdef, p).output_table())(params)
-  self_mask = cache.ancestor_mask(step_index)  # [batch, 1, beam, beam * max_len]
+  self_mask = cache.ancestor_mask(step_index)  # [batch, 1, beam, beam, max_len]
   cross_mask = src_mask[:, None, None, :]
   layer = nnx.graphdef(model.decoder_layers[0])
 
@@ -112,8 +114,7 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
     # donation it would copy the whole cache, which the loop writes in place.
     h = l.self_norm(y)
     nk, nv = l.self_attn.project_kv(h)
-    flat = lambda c: c.reshape(c.shape[:2] + (-1, c.shape[-1]))
-    return l.self_attn.attend(h, flat(k), flat(v), self_mask), nk, nv
+    return l.self_attn.attend(h, k, v, self_mask), nk, nv
 
   decoder_bytes = _params_bytes(nnx.state(model.decoder_layers))
   pieces = {  # name: (jitted function, its arguments, weight bytes read, per step)
@@ -160,7 +161,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   cfg = transformer.TransformerConfig.from_config(
-      config.model, vocab_size=_VOCAB.value, pad_id=tokenizer_lib.PAD_ID)
+      config.model, vocab_size=_VOCAB.value,
+      pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
   partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
   graphdef, params = partitioner.init_params(cfg.make_model())
   floor_row = floor(_REPEATS.value, cfg.emb_dim, cfg.vocab_size)

@@ -44,6 +44,8 @@ _BEAM = flags.DEFINE_integer("beam_size", 4, "Beam width.")
 _SRC_LEN = flags.DEFINE_integer("src_len", 32, "Source tokens.")
 _FORCED_LEN = flags.DEFINE_integer("forced_len", 64, "Decoder steps (EOS suppressed).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 32000, "Vocabulary (random weights).")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Parameter and compute dtype (the "
+                             "CTranslate2 comparison's float32 by default).")
 _CALLS = flags.DEFINE_integer("calls", 2, "Traced calls per batch size.")
 
 # Named scopes of the loop body, in the order they are reported.
@@ -54,6 +56,7 @@ REST_OF_LOOP = "rest of the loop body"
 COPIES = "copies XLA inserted (no source op)"
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+) = ')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_OPERAND = re.compile(r'%([\w.\-]+)')
 # Thunks whose trace events span the ops they run: counting them would count twice.
 _CONTROL_FLOW = re.compile(r'\s(while|conditional|call)\(')
 
@@ -61,25 +64,36 @@ _CONTROL_FLOW = re.compile(r'\s(while|conditional|call)\(')
 def op_scopes(hlo_text: str) -> dict[str, str | None]:
   """Instruction name -> the scope its time is charged to, from compiled HLO text.
 
-  Control-flow instructions map to None: their time is that of the ops inside.
+  Ops XLA made without source metadata (split reductions, layout copies) are
+  charged to the scope of the op that consumes them. Control-flow instructions map
+  to None: their time is that of the ops inside.
   """
-  scopes = {}
+  scopes, users = {}, collections.defaultdict(list)
   for line in hlo_text.splitlines():
     if not (match := _INSTRUCTION.match(line)):
       continue
     name, rest = match.group(1), line[match.end():]
-    if _CONTROL_FLOW.search(rest.split(", metadata=")[0]):
+    operands = rest.split(", metadata=")[0]
+    for operand in _OPERAND.findall(operands):
+      users[operand].append(name)
+    if _CONTROL_FLOW.search(operands):
       scopes[name] = None
     elif op_name := _OP_NAME.search(rest):
       parts = op_name.group(1).split("/")
       found = [s for s in LOOP_SCOPES if s in parts]
       scopes[name] = (BEFORE_LOOP if "while" not in parts
                       else found[0] if found else REST_OF_LOOP)
+  for _ in range(4):  # Chains of metadata-less ops: follow users a few levels.
+    for name, consumers in users.items():
+      if name not in scopes:
+        charged = [scopes[c] for c in consumers if scopes.get(c)]
+        if charged:
+          scopes[name] = charged[0]
   return scopes
 
 
 def scope_of(op: str, scopes: dict[str, str | None]) -> str | None:
-  """The scope of a traced op; XLA's wrappers and copies carry no metadata."""
+  """The scope of a traced op (XLA's `wrapped_` fusions are named after their op)."""
   for name in (op, op.removeprefix("wrapped_")):
     if name in scopes:
       return scopes[name]
@@ -130,7 +144,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   cfg = transformer.TransformerConfig.from_config(
-      config.model, vocab_size=_VOCAB.value, pad_id=tokenizer_lib.PAD_ID)
+      config.model, vocab_size=_VOCAB.value,
+      pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
   partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
   graphdef, params = partitioner.init_params(cfg.make_model())
   search = decoding.jit_beam_search(partitioner)

@@ -118,8 +118,9 @@ class MultiHeadAttention(nnx.Module):
              deterministic: bool = True, rngs=None) -> Array:
     """x [batch * group, q_len, embed] attends to k, v [batch, heads, kv_len, head_dim].
 
-    group > 1 in beam search: the beams of a sentence share its cross-attention keys
-    and values, so they are stacked on the query axis instead of copying K/V.
+    group > 1 in beam search: the beams of a sentence share its keys/values, so
+    they are stacked on the query axis instead of copying K/V. mask [batch, 1 or
+    heads, q, kv_len].
     """
     rows, q_len = x.shape[:2]
     batch = k.shape[0]
@@ -131,7 +132,10 @@ class MultiHeadAttention(nnx.Module):
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic, rngs=rngs)
-    out = jnp.einsum("bhqk,bhkd->bqhd", weights, v.astype(self.dtype))
+    # Heads stay the leading batch axis of the output dot (a [batch, q, heads, dim]
+    # output makes XLA:CPU pick a slower dot); swapping the small result is cheap.
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v.astype(self.dtype))
+    out = jnp.swapaxes(out, 1, 2)  # [batch, q, heads, head_dim]
     return self.out(out).reshape(rows, q_len, -1)  # [batch * group, q_len, embed]
 
   def __call__(self, x: Array, kv_input: Array, mask: Array, *,
@@ -164,10 +168,12 @@ class MlpBlock(nnx.Module):
 def update_cache(cache: Array, new: Array, index: Array) -> Array:
   """Writes new [batch * beam, heads, 1, head_dim] at position `index` of the cache.
 
-  cache: [batch, heads, beam, max_decode_len, head_dim], the beams of a sentence
-  side by side so that they read as one [beam * max_decode_len] key axis; row r of
-  `new` is slot r % beam of sentence r // beam. Updated in place under jit.
+  cache: [batch, heads, max_decode_len * beam, head_dim], key p * beam + s holding
+  position p of beam slot s; row r of `new` is slot r % beam of sentence r // beam,
+  so a step writes one block. Updated in place under jit.
   """
-  batch, heads, beam, _, head_dim = cache.shape
-  new = new.reshape(batch, beam, heads, 1, head_dim).swapaxes(1, 2)
-  return lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, 0, 0, index, 0))
+  batch, heads, _, head_dim = cache.shape
+  beam = new.shape[0] // batch
+  new = new.reshape(batch, beam, heads, head_dim).swapaxes(1, 2)  # [b, h, beam, d]
+  return lax.dynamic_update_slice(cache, new.astype(cache.dtype),
+                                  (0, 0, index * beam, 0))

@@ -89,7 +89,7 @@ def count_params(params: nnx.State) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-CACHE_AXES = ("batch", "heads", None, "length", "kv")  # Logical axes of k/v leaves.
+CACHE_AXES = ("batch", "heads", "length", "kv")  # Logical axes of k/v leaves.
 
 
 @flax.struct.dataclass
@@ -100,11 +100,14 @@ class DecodeCache:
   step. Copying every layer's keys/values after them would move the whole cache per
   step; instead each slot keeps what it wrote, and `slots` records, per hypothesis
   and position, which slot of the sentence holds its ancestor's entry. Attention
-  reads the sentence's beam * max_decode_len keys once, masked to those ancestors
+  reads the sentence's max_decode_len * beam keys once, masked to those ancestors
   (`ancestor_mask`), and following the beam moves `slots` alone (`reorder`).
+  Key p * beam + s holds position p of slot s: a step writes one contiguous block,
+  and attention reads the array as it lies (a reshaped view of a buffer the loop
+  updates in place makes XLA copy it).
   """
-  k: tuple[Array, ...]  # per decoder layer [batch, heads, beam, max_decode_len, head_dim]
-  v: tuple[Array, ...]  # per decoder layer [batch, heads, beam, max_decode_len, head_dim]
+  k: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len * beam, head_dim]
+  v: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len * beam, head_dim]
   slots: Array  # [batch, beam, max_decode_len] int32: slot holding each ancestor's K/V
   index: Array  # [] int32: number of positions written
 
@@ -113,15 +116,15 @@ class DecodeCache:
     return self.replace(slots=jnp.take_along_axis(self.slots, parent[..., None], axis=1))
 
   def ancestor_mask(self, step_index: Array) -> Array:
-    """[batch, 1, beam, beam * max_decode_len] bool: the keys each hypothesis reads.
+    """[batch, 1, beam, max_decode_len * beam] bool: the keys each hypothesis reads.
 
-    Key (slot s, position p) is visible to hypothesis j when p <= step_index and
-    its ancestor at p wrote slot s.
+    Key p * beam + s is visible to hypothesis j when p <= step_index and j's
+    ancestor at position p wrote slot s.
     """
     batch, beam, max_len = self.slots.shape
-    written = jnp.arange(max_len) <= step_index  # [max_len]
-    mask = (self.slots[:, :, None, :] == jnp.arange(beam)[:, None]) & written
-    return mask.reshape(batch, 1, beam, beam * max_len)
+    written = (jnp.arange(max_len) <= step_index)[:, None]  # [max_len, 1]
+    mask = (self.slots[..., None] == jnp.arange(beam)) & written  # [b, j, p, s]
+    return mask.reshape(batch, 1, beam, max_len * beam)
 
 
 @flax.struct.dataclass
@@ -218,11 +221,10 @@ class DecoderLayer(_Block):
       h = self._branch_in(y, self.self_norm)
       k, v = self.self_attn.project_kv(h)  # [batch, heads, tgt_len, head_dim]
       if cache is not None:  # Decoding: tgt_len == 1, one position per hypothesis.
-        cache = (update_cache(cache[0], k, index), update_cache(cache[1], v, index))
-        # [batch, heads, beam, max_decode_len, head_dim] -> the sentence's beams as
-        # one key axis [batch, heads, beam * max_decode_len, head_dim] (a free
-        # reshape).
-        k, v = (c.reshape(c.shape[:2] + (-1, c.shape[-1])) for c in cache)
+        # Every hypothesis attends to its sentence's whole cache [batch, heads,
+        # max_decode_len * beam, head_dim], masked to its ancestors' entries.
+        k, v = update_cache(cache[0], k, index), update_cache(cache[1], v, index)
+        cache = (k, v)
       h = self.self_attn.attend(h, k, v, self_mask, **kw)
       y = self._branch_out(y, h, self.self_norm, **kw)
     with jax.named_scope("cross_attention"):
@@ -377,7 +379,7 @@ class Transformer(nnx.Module):
   def init_cache(self, batch_size: int, max_decode_len: int, beam_size: int = 1
                  ) -> DecodeCache:
     """Zeroed self-attention cache of `beam_size` hypotheses per sentence."""
-    shape = (batch_size, self.cfg.num_heads, beam_size, max_decode_len,
+    shape = (batch_size, self.cfg.num_heads, max_decode_len * beam_size,
              self.cfg.head_dim)
     zeros = lambda: tuple(
         with_logical_constraint(jnp.zeros(shape, jnp.dtype(self.cfg.dtype)), CACHE_AXES)
@@ -408,7 +410,7 @@ class Transformer(nnx.Module):
                                 (batch, beam, 1))  # Each hypothesis writes its own.
     cache = cache.replace(slots=lax.dynamic_update_slice(cache.slots, own_slot,
                                                          (0, 0, step_index)))
-    self_mask = cache.ancestor_mask(step_index)  # [batch, 1, beam, beam * max_len]
+    self_mask = cache.ancestor_mask(step_index)  # [batch, 1, beam, max_len * beam]
     cross_mask = src_mask.astype(bool)[:, None, None, :]  # [batch, 1, 1, src_len]
     new_k, new_v = [], []
     for i, layer in enumerate(self.decoder_layers):
