@@ -181,6 +181,7 @@ def test_nbest_and_score_match_the_translator(served, translator):
 @pytest.mark.parametrize("payload, message", [
     (b"{not json", "not valid JSON"),
     (b"[1, 2]", "JSON object"),
+    (b'{"text": ["caf\xe9"]}', "UTF-8"),
     ({"text": "one string"}, "list of strings"),
     ({"text": ["a", 3]}, "list of strings"),
     ({"text": ["a"], "beam_size": "4"}, "integer"),
@@ -196,6 +197,14 @@ def test_malformed_requests_get_400_saying_what_is_wrong(served, payload, messag
   path = "/v1/score" if "source" in str(payload) else "/v1/translate"
   status, body = _post(served.url + path, payload)
   assert status == 400 and message in body["error"], body
+
+
+def test_empty_requests_and_other_methods(served):
+  assert _post(served.url + "/v1/translate", {"text": []}) == (200, {"translations": []})
+  assert _post(served.url + "/v1/score", {"source": [], "target": []}) == (
+      200, {"scores": []})
+  status, _, body = _request(served.url + "/v1/translate")  # GET
+  assert status == 405 and "error" in json.loads(body)
 
 
 def test_body_over_the_limit_gets_413(served):
