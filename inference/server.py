@@ -48,9 +48,6 @@ class ServerConfig:
   warmup: bool = True  # Compile every batch shape before /healthz says ready.
 
 
-_STATE = web.AppKey("state", object)
-
-
 class _Error(Exception):
   def __init__(self, status: int, message: str, retry_after: int | None = None):
     super().__init__(message)
@@ -135,6 +132,9 @@ class _State:
     except TimeoutError:
       raise _Error(504, f"not done within {self.config.request_timeout_s} s;"
                    " send fewer sentences per request or retry later.") from None
+
+
+_STATE = web.AppKey("state", _State)
 
 
 async def _body(request: web.Request, allowed: set[str]) -> dict:
