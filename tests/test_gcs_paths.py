@@ -2,9 +2,11 @@
 
 No bucket is reachable here, so an in-memory fsspec filesystem stands in for GCS:
 etils.epath opens gs:// paths with fsspec's 'gcs' implementation (gcsfs, from the
-`gcs` extra), which the fixture replaces.
+`gcs` extra), which the fixture replaces. Like gcsfs, it cannot append, and a
+written object appears whole when its file is closed.
 """
 import configparser
+import io
 import json
 
 from etils import epath
@@ -17,6 +19,7 @@ from data import prepare
 from storage import layout
 from tests.conftest import REPO
 from training import lock
+from training import metrics as metrics_lib
 from training import trainer
 
 WORKDIR = "gs://bucket/runs/en-fr"
@@ -27,6 +30,25 @@ class FakeGcs(memory.MemoryFileSystem):
   protocol = ("gs", "gcs")
   store = {}
   pseudo_dirs = [""]
+
+  def _open(self, path, mode="rb", **kwargs):
+    if "a" in mode or "w" in mode:  # gcsfs: "ab" starts a new object as "wb" does.
+      return _Upload(self, self._strip_protocol(path))
+    return super()._open(path, mode, **kwargs)
+
+
+class _Upload(io.BytesIO):
+  """An object being written: it replaces the stored one when closed, not before."""
+
+  def __init__(self, fs, path):
+    super().__init__()
+    self._fs, self._path = fs, path
+
+  def close(self):
+    if not self.closed:
+      self._fs.store[self._path] = memory.MemoryFile(self._fs, self._path,
+                                                     self.getvalue())
+    super().close()
 
 
 @pytest.fixture
@@ -76,6 +98,40 @@ def test_prepare_and_run_files_on_a_bucket(prepared, bucket):
   assert layout.read_config(WORKDIR).model.emb_dim == config.model.emb_dim
   assert layout.load_tokenizer(WORKDIR).vocab_size == tokenizer.vocab_size
   trainer.check_tokenizer(epath.Path(WORKDIR), tokenizer)
+
+
+class _NoEvents:
+  """Stands in for tensorboardX's SummaryWriter, which needs a real bucket."""
+
+  def __init__(self, logdir):
+    del logdir
+
+  def add_scalar(self, *args):
+    pass
+
+  def close(self):
+    pass
+
+
+def _steps(workdir):
+  return [row["step"] for row in metrics_lib.read_metrics(workdir)]
+
+
+def test_metrics_on_a_bucket_survive_resume_and_kill(bucket, monkeypatch):
+  """A bucket cannot append: a resumed run must not replace the earlier lines, and a
+  killed one (never closing its writer) must keep what it uploaded."""
+  monkeypatch.setattr(metrics_lib, "SummaryWriter", _NoEvents)
+  first = metrics_lib.MetricWriter(WORKDIR)
+  first.write(1, "train", {"loss": 2.0})
+  first.close()
+  assert _steps(WORKDIR) == [1]
+  resumed = metrics_lib.MetricWriter(WORKDIR)
+  resumed.write(2, "train", {"loss": 1.5})
+  resumed.close()
+  assert _steps(WORKDIR) == [1, 2]
+  killed = metrics_lib.MetricWriter(WORKDIR, upload_every_secs=0)
+  killed.write(3, "validation", {"loss": 1.0})
+  assert _steps(WORKDIR) == [1, 2, 3]  # Uploaded at once, before any close.
 
 
 def test_the_gcs_extra_installs_what_gs_paths_need():

@@ -1,5 +1,6 @@
 """Where metrics go: TensorBoard events (tensorboardX), metrics.jsonl and curves.png."""
 import json
+import time
 
 from etils import epath
 import jax
@@ -8,19 +9,70 @@ matplotlib.use("Agg")  # Headless: files only.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from storage import layout  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
 
-class MetricWriter:
-  """Writes scalars from process 0 only, so a multi-host run logs each step once."""
+class _LocalLines:
+  """A local file appended to and flushed line by line."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, path: epath.Path):
+    self._file = path.open("a")
+
+  def write(self, line: str):
+    self._file.write(line)
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+class _RemoteLines:
+  """An object-store file (gs://), which cannot be appended to: the lines are kept in
+  memory, starting from the object's content (a resumed run), and the whole object
+  is rewritten at most every `upload_every_secs` and at close. A killed run loses at
+  most the lines of the last interval.
+  """
+
+  def __init__(self, path: epath.Path, upload_every_secs: float):
+    self._path, self._every = path, upload_every_secs
+    text = path.read_text() if path.exists() else ""
+    self._lines = [text if not text or text.endswith("\n") else text + "\n"]
+    self._uploaded = time.monotonic()
+    self._pending = False
+
+  def write(self, line: str):
+    self._lines.append(line)
+    self._pending = True
+    if time.monotonic() - self._uploaded >= self._every:
+      self._upload()
+
+  def _upload(self):
+    layout.atomic_write(self._path, "".join(self._lines))
+    self._uploaded, self._pending = time.monotonic(), False
+
+  def close(self):
+    if self._pending:
+      self._upload()
+
+
+class MetricWriter:
+  """Writes scalars from process 0 only, so a multi-host run logs each step once.
+
+  metrics.jsonl is appended to locally; on gs:// it is rewritten whole every
+  `upload_every_secs` (buckets cannot append).
+  """
+
+  def __init__(self, workdir: str, upload_every_secs: float = 60.0):
     self._workdir = epath.Path(workdir)
     self._active = jax.process_index() == 0
     if self._active:
       self._tb = SummaryWriter(str(self._workdir / "tensorboard"))
-      self._jsonl = (self._workdir / METRICS_FILE).open("a")
+      path = self._workdir / METRICS_FILE
+      self._jsonl = (_RemoteLines(path, upload_every_secs) if layout.is_remote(path)
+                     else _LocalLines(path))
 
   def write(self, step: int, split: str, scalars: dict[str, float]):
     """One line `{"step": s, "split": "train", "loss": ...}` and one event per scalar."""
@@ -28,7 +80,6 @@ class MetricWriter:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": int(step), "split": split, **scalars}) + "\n")
-    self._jsonl.flush()
     for name, value in scalars.items():
       self._tb.add_scalar(f"{split}/{name}", value, int(step))
 
