@@ -5,9 +5,9 @@ what grain needs for deterministic shuffling, sharding and checkpointable iterat
 This module does not import grain: inference reads text through it without grain.
 """
 from collections.abc import Sequence
-import os
 
 from absl import logging
+from etils import epath
 import tensorflow_datasets as tfds
 # Registers 'wmt14_translate': TFDS's lazy catalogue does not find it without TensorFlow.
 from tensorflow_datasets.translate import wmt14  # pylint: disable=unused-import
@@ -33,7 +33,8 @@ def load_sources(data_cfg, splits: Sequence[str]) -> dict[str, Sequence[dict]]:
                      f"{sorted(DATASETS)}.")
   name = DATASETS[data_cfg.dataset]
   manual_dir = data_cfg.manual_dir or None
-  if manual_dir is not None and not os.path.isdir(manual_dir):
+  # epath, not os.path: the folder may be a gs:// URL.
+  if manual_dir is not None and not epath.Path(manual_dir).is_dir():
     raise FileNotFoundError(
         f"config.data.manual_dir={manual_dir!r} is not a directory. Point it (or"
         " $MULTI30K_DIR) at the folder with the raw .gz files, or leave it empty to"

@@ -8,6 +8,7 @@ written object appears whole when its file is closed.
 import configparser
 import io
 import json
+import types
 
 from etils import epath
 from etils.epath import backend
@@ -15,6 +16,7 @@ from fsspec.implementations import memory
 from fsspec.registry import known_implementations
 import pytest
 
+from data import datasets
 from data import prepare
 from storage import layout
 from tests.conftest import REPO
@@ -98,6 +100,22 @@ def test_prepare_and_run_files_on_a_bucket(prepared, bucket):
   assert layout.read_config(WORKDIR).model.emb_dim == config.model.emb_dim
   assert layout.load_tokenizer(WORKDIR).vocab_size == tokenizer.vocab_size
   trainer.check_tokenizer(epath.Path(WORKDIR), tokenizer)
+
+
+def test_a_manual_dir_on_a_bucket_is_a_directory(bucket, monkeypatch):
+  """config.data.manual_dir is checked through epath (os.path.isdir says no to URLs)."""
+  built = []
+  monkeypatch.setattr(datasets.tfds, "data_source",
+                      lambda name, **kwargs: built.append(name) or [])
+  manual_dir = "gs://bucket/multi30k"
+  (epath.Path(manual_dir) / "train.en.gz").write_bytes(b"")
+  data_cfg = types.SimpleNamespace(dataset="multi30k", manual_dir=manual_dir,
+                                   tfds_data_dir="")
+  datasets.load_sources(data_cfg, ["train"])
+  assert built == [datasets.DATASETS["multi30k"]]
+  data_cfg.manual_dir = "gs://bucket/elsewhere"
+  with pytest.raises(FileNotFoundError, match="is not a directory"):
+    datasets.load_sources(data_cfg, ["train"])
 
 
 class _NoEvents:
