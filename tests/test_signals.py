@@ -12,10 +12,11 @@ import pytest
 
 from parallel.sharding import Partitioner
 from tests.conftest import REPO
+from training import signals
 from training import trainer
 
 TIMEOUT = 300
-pytestmark = pytest.mark.slow  # Each trains (compiles the steps, or runs train.py).
+slow = pytest.mark.slow  # Trains (compiles the steps, or runs train.py).
 
 
 def _workdir(prepared, path):
@@ -29,31 +30,67 @@ def _entries(workdir):
   return sorted(p.name for p in (pathlib.Path(workdir) / "checkpoints").iterdir())
 
 
+def _until(condition):
+  deadline = time.monotonic() + 10
+  while not condition():
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+
+
+def test_sigterm_is_remembered_and_aborts_only_an_evaluation():
+  previous = signal.getsignal(signal.SIGTERM)
+  with signals.Sigterm() as sigterm:
+    with sigterm.interruptible():
+      pass  # No signal: the body runs.
+    with pytest.raises(signals.EvaluationInterrupted):
+      with sigterm.interruptible():
+        os.kill(os.getpid(), signal.SIGTERM)
+        _until(lambda: False)  # Interrupted, not timed out.
+    assert sigterm.received
+    with pytest.raises(signals.EvaluationInterrupted, match="before"):
+      with sigterm.interruptible():  # Asked to stop already: nothing starts.
+        pass
+  assert signal.getsignal(signal.SIGTERM) == previous
+  with signals.Sigterm() as sigterm:
+    os.kill(os.getpid(), signal.SIGTERM)  # Outside an evaluation: only remembered.
+    _until(lambda: sigterm.received)
+  assert signal.getsignal(signal.SIGTERM) == previous
+
+
+class _SlowBleu:
+  """A validation pass of a minute, in short calls like a decoder's batches, during
+  which a thread sends this process SIGTERM (as a scheduler preempting the job)."""
+
+  def __init__(self):
+    self.signalled = []  # When the SIGTERM was sent.
+    self._evaluating = threading.Event()
+    threading.Thread(target=self._terminate, daemon=True).start()
+
+  def _terminate(self):
+    if self._evaluating.wait(TIMEOUT):
+      self.signalled.append(time.monotonic())
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  def __call__(self, graphdef, params):
+    del graphdef, params
+    self._evaluating.set()
+    for _ in range(600):
+      time.sleep(0.1)
+    return {"bleu": 0.0}
+
+
+@slow
 def test_sigterm_during_validation_saves_within_seconds(prepared, tmp_path):
   config, _, sources, tokenizer = prepared
   config = config.copy_and_resolve_references()
   config.num_train_steps, config.checkpoint_every_steps = 1000, 1000
   config.eval_every_steps = 2
   workdir = _workdir(prepared, tmp_path / "run")
-  evaluating, signalled = threading.Event(), []
-
-  def slow_bleu(graphdef, params):
-    """A validation pass of a minute, in short calls like a decoder's batches."""
-    del graphdef, params
-    evaluating.set()
-    for _ in range(600):
-      time.sleep(0.1)
-    return {"bleu": 0.0}
-
-  def terminate():
-    if evaluating.wait(TIMEOUT):
-      signalled.append(time.monotonic())
-      os.kill(os.getpid(), signal.SIGTERM)  # As a scheduler preempting the job.
-  threading.Thread(target=terminate, daemon=True).start()
+  slow_bleu = _SlowBleu()
   handler = signal.getsignal(signal.SIGTERM)
   result = trainer.run(config, str(workdir), Partitioner.from_config(config), sources,
                        tokenizer, evaluators=[slow_bleu])
-  assert time.monotonic() - signalled[0] < 10  # Not after the minute-long pass.
+  assert time.monotonic() - slow_bleu.signalled[0] < 10  # Not after the long pass.
   assert result["step"] == 2
   assert _entries(workdir) == ["2"]
   assert signal.getsignal(signal.SIGTERM) == handler  # Put back when run() ends.
@@ -83,6 +120,7 @@ def _train_rows(workdir):
   return [r for r in map(json.loads, lines) if r["split"] == "train"]
 
 
+@slow
 def test_sigkill_during_an_asynchronous_save_then_resume(prepared, tmp_path):
   config = prepared[0]
   workdir = _workdir(prepared, tmp_path / "run")

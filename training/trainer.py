@@ -4,14 +4,11 @@ It decodes nothing itself: metrics beyond the validation loss (BLEU) come from
 `Evaluator`s that train.py passes in, so training never imports inference.
 """
 from collections.abc import Iterator, Sequence
-import contextlib
 import dataclasses
 import functools
 import json
-import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Protocol
 
@@ -36,6 +33,7 @@ from storage import layout
 from training import checkpoints
 from training import metrics as metrics_lib
 from training import optimizer as optimizer_lib
+from training import signals
 from training import steps
 from training import validate
 
@@ -188,61 +186,6 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> dict[str, float]:
   return steps.summarize_eval(jax.device_get(sums))
 
 
-class EvaluationInterrupted(Exception):
-  """A SIGTERM arrived during an evaluation; the pass was abandoned to save sooner."""
-
-
-class _Sigterm:
-  """Remembers a SIGTERM so the loop can checkpoint the current step and stop.
-
-  Installed for all of `run` (a context manager; the previous handler comes back).
-  An evaluation (a validation BLEU pass can take minutes) is abandoned instead of
-  awaited: inside `interruptible()` the handler raises `EvaluationInterrupted`,
-  which Python delivers once the running device call returns, i.e. between batches.
-
-  Single-process runs only: hosts of a multi-host run would see the signal at
-  different steps, so there JAX's preemption service decides when all of them stop
-  (`Checkpointer.reached_preemption`).
-  """
-
-  def __init__(self):
-    self.received = False
-    self._evaluating = False
-    self._previous = None  # The handler to restore; None if none was installed.
-
-  def __enter__(self):
-    if (jax.process_count() == 1
-        and threading.current_thread() is threading.main_thread()):
-      previous = signal.getsignal(signal.SIGTERM)
-      # None: a handler set outside Python; the default is the closest to put back.
-      self._previous = signal.SIG_DFL if previous is None else previous
-      signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc_info):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  @contextlib.contextmanager
-  def interruptible(self):
-    """Runs the body unless a SIGTERM came; a SIGTERM during it aborts it."""
-    if self.received:
-      raise EvaluationInterrupted("SIGTERM received before the evaluation.")
-    self._evaluating = True
-    try:
-      yield
-    finally:
-      self._evaluating = False
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint at the current step, then stopping.")
-    self.received = True
-    if self._evaluating:
-      self._evaluating = False  # Raised once, even if a second SIGTERM follows.
-      raise EvaluationInterrupted("SIGTERM received during the evaluation.")
-
-
 def _diverged(step: int, what: str, checkpointer) -> NonFiniteLossError:
   checkpointer.wait()  # A save still in flight completes: it is the last good one.
   return NonFiniteLossError(
@@ -292,13 +235,13 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
   Returns the last step reached (`step`) and the last validation metrics.
   """
   # From the start: a SIGTERM while restoring or compiling stops at the first step.
-  with _Sigterm() as sigterm:
+  with signals.Sigterm() as sigterm:
     return _run(config, epath.Path(workdir), partitioner, sources, tokenizer,
                 evaluators, sigterm)
 
 
 def _run(config, workdir: epath.Path, partitioner: Partitioner, sources, tokenizer,
-         evaluators: Sequence[Evaluator], sigterm: _Sigterm) -> dict[str, float]:
+         evaluators: Sequence[Evaluator], sigterm: signals.Sigterm) -> dict[str, float]:
   """`run` with the SIGTERM handler installed."""
   check_tokenizer(workdir, tokenizer)
   logging.info("Mesh %s over %d devices, %d processes.", dict(partitioner.mesh.shape),
@@ -341,7 +284,7 @@ def _run(config, workdir: epath.Path, partitioner: Partitioner, sources, tokeniz
 
 def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
                 train_step, evaluate_now, checkpointer, writer, all_finite,
-                sigterm: _Sigterm) -> dict[str, float]:
+                sigterm: signals.Sigterm) -> dict[str, float]:
   """Steps from `start_step` to the end (or a stop request); the last evaluation.
 
   Nothing non-finite is saved: the parameters are checked before every save, the
@@ -383,7 +326,7 @@ def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
       try:
         with sigterm.interruptible():
           measured = evaluate_now(state.params)
-      except EvaluationInterrupted:
+      except signals.EvaluationInterrupted:
         logging.warning("Step %d: validation abandoned on SIGTERM.", step)
         stopping = save = True
       else:
