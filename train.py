@@ -13,6 +13,7 @@ import json
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from data import datasets
@@ -71,6 +72,11 @@ def train_and_score(config, workdir: str) -> None:
       config, workdir, partitioner, sources, tokenizer,
       evaluators=validation_bleu(config, sources["validation"], tokenizer, partitioner))
   print(json.dumps({"final_validation": result}))
+  if result["interrupted"]:  # Asked to stop (even at the last step): exit now.
+    logging.warning("Stopped at step %d on request, after saving it. Rerun the same"
+                    " command to finish (training, averaging and scoring).",
+                    result["step"])
+    return
   if config.final_eval_splits and result["step"] == config.num_train_steps:
     # The recipe's end: average the last checkpoints and score them (results.json).
     for scores in evaluate.evaluate_run(

@@ -12,6 +12,7 @@ import pytest
 
 from parallel.sharding import Partitioner
 from tests.conftest import REPO
+import train
 from training import signals
 from training import trainer
 
@@ -92,8 +93,34 @@ def test_sigterm_during_validation_saves_within_seconds(prepared, tmp_path):
                        tokenizer, evaluators=[slow_bleu])
   assert time.monotonic() - slow_bleu.signalled[0] < 10  # Not after the long pass.
   assert result["step"] == 2
+  assert result["interrupted"]
   assert _entries(workdir) == ["2"]
   assert signal.getsignal(signal.SIGTERM) == handler  # Put back when run() ends.
+
+
+@slow
+def test_sigterm_in_the_last_validation_exits_then_a_rerun_scores(
+    prepared, tmp_path, monkeypatch, capsys, caplog):
+  """The last step was reached, but the job was asked to stop: save and exit; the
+  averaging and scoring wait for the rerun."""
+  config = prepared[0].copy_and_resolve_references()
+  config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
+  config.final_eval_splits = ("validation",)
+  workdir = _workdir(prepared, tmp_path / "run")
+  monkeypatch.setattr(train, "validation_bleu", lambda *args: [_SlowBleu()])
+  scored = []
+  monkeypatch.setattr(train.evaluate, "evaluate_run",
+                      lambda *args, **kwargs: scored.append(args) or [])
+  train.train_and_score(config, str(workdir))
+  assert _entries(workdir) == ["2"]
+  assert scored == []
+  result = json.loads(capsys.readouterr().out.splitlines()[-1])["final_validation"]
+  assert (result["step"], result["interrupted"]) == (2, True)
+  assert "Rerun the same command to finish" in caplog.text
+  # The rerun has no step left to train: it averages and scores.
+  monkeypatch.setattr(train, "validation_bleu", lambda *args: [])
+  train.train_and_score(config, str(workdir))
+  assert len(scored) == 1
 
 
 # Runs train.py with step 6's save held up in orbax's background thread (after

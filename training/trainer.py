@@ -232,12 +232,17 @@ def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
 
   `sources` ('train' and 'validation' data sources) and `tokenizer` come from
   `data.prepare`; `evaluators` add metrics (e.g. BLEU) to each validation loss pass.
-  Returns the last step reached (`step`) and the last validation metrics.
+  Returns the last step reached (`step`), whether a stop request (SIGTERM or
+  preemption, even at the last step) ended the run after its save (`interrupted`:
+  the job should exit, and a rerun continues), and the last validation metrics.
   """
   # From the start: a SIGTERM while restoring or compiling stops at the first step.
   with signals.Sigterm() as sigterm:
-    return _run(config, epath.Path(workdir), partitioner, sources, tokenizer,
-                evaluators, sigterm)
+    result = _run(config, epath.Path(workdir), partitioner, sources, tokenizer,
+                  evaluators, sigterm)
+    # One after the loop (while the last save completes) asked to stop all the same.
+    result["interrupted"] = result["interrupted"] or sigterm.received
+    return result
 
 
 def _run(config, workdir: epath.Path, partitioner: Partitioner, sources, tokenizer,
@@ -285,7 +290,8 @@ def _run(config, workdir: epath.Path, partitioner: Partitioner, sources, tokeniz
 def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
                 train_step, evaluate_now, checkpointer, writer, all_finite,
                 sigterm: signals.Sigterm) -> dict[str, float]:
-  """Steps from `start_step` to the end (or a stop request); the last evaluation.
+  """Steps from `start_step` to the end (or a stop request); the last evaluation,
+  with the step reached and whether a stop request ended the loop.
 
   Nothing non-finite is saved: the parameters are checked before every save, the
   loss and gradient norm at every logged step, the validation metrics when measured.
@@ -294,7 +300,7 @@ def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,
                        disable=jax.process_index() != 0, dynamic_ncols=True)
   last_eval, window_start, window_step = {}, time.perf_counter(), start_step
-  step = start_step
+  step, stopping = start_step, False
   profile_steps = (config.profile_start_step,
                    config.profile_start_step + config.profile_num_steps - 1)
   for step in range(start_step + 1, config.num_train_steps + 1):
@@ -345,4 +351,4 @@ def _train_loop(config, workdir, state, start_step, train_iter, batch_sharding,
       logging.warning("Stopping at step %d after a stop request.", step)
       break
   progress.close()
-  return {"step": step, **last_eval}
+  return {"step": step, "interrupted": stopping, **last_eval}
