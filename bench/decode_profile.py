@@ -114,7 +114,7 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
     # donation it would copy the whole cache, which the loop writes in place.
     h = l.self_norm(y)
     nk, nv = l.self_attn.project_kv(h)
-    return l.self_attn.attend(h, k, v, self_mask), nk, nv
+    return l.self_attn.attend(h, k, v, self_mask, keys_transposed=True), nk, nv
 
   decoder_bytes = _params_bytes(nnx.state(model.decoder_layers))
   pieces = {  # name: (jitted function, its arguments, weight bytes read, per step)
@@ -132,8 +132,8 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
           sub(self_attn), (layer_params, y, cache.k[0], cache.v[0]), 4 * d * d * 4,
           cfg.num_decoder_layers),
       "cross-attention (per layer)": (
-          sub(lambda l, y, k, v: l.cross_attn.attend(l.cross_norm(y), k, v,
-                                                     cross_mask)),
+          sub(lambda l, y, k, v: l.cross_attn.attend(l.cross_norm(y), k, v, cross_mask,
+                                                     keys_transposed=True)),
           (layer_params, y, cross_kv.k[0], cross_kv.v[0]), 2 * d * d * 4,
           cfg.num_decoder_layers),
       "mlp (per layer)": (

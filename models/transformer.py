@@ -19,7 +19,8 @@ from jax import lax
 import jax.numpy as jnp
 
 from models.layers import (MlpBlock, MultiHeadAttention, attention_mask, layer_norm,
-                           partitioned, position_embedding, shift_right, update_cache)
+                           partitioned, position_embedding, shift_right,
+                           transpose_keys, update_cache)
 from parallel.sharding import with_logical_constraint
 
 Array = jax.Array
@@ -89,7 +90,8 @@ def count_params(params: nnx.State) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-CACHE_AXES = ("batch", "heads", "length", "kv")  # Logical axes of k/v leaves.
+KEY_AXES = ("batch", "heads", "kv", "length")  # Logical axes of cached keys...
+VALUE_AXES = ("batch", "heads", "length", "kv")  # ...and values.
 
 
 @flax.struct.dataclass
@@ -102,11 +104,11 @@ class DecodeCache:
   and position, which slot of the sentence holds its ancestor's entry. Attention
   reads the sentence's max_decode_len * beam keys once, masked to those ancestors
   (`ancestor_mask`), and following the beam moves `slots` alone (`reorder`).
-  Key p * beam + s holds position p of slot s: a step writes one contiguous block,
-  and attention reads the array as it lies (a reshaped view of a buffer the loop
-  updates in place makes XLA copy it).
+  Key p * beam + s holds position p of slot s: a step writes one block, and
+  attention reads the array as it lies (a reshaped view of a buffer the loop
+  updates in place makes XLA copy it). Keys are kept transposed (`transpose_keys`).
   """
-  k: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len * beam, head_dim]
+  k: tuple[Array, ...]  # per decoder layer [batch, heads, head_dim, max_decode_len * beam]
   v: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len * beam, head_dim]
   slots: Array  # [batch, beam, max_decode_len] int32: slot holding each ancestor's K/V
   index: Array  # [] int32: number of positions written
@@ -137,7 +139,7 @@ class OutputTable:
 @flax.struct.dataclass
 class CrossKV:
   """Cross-attention keys/values of the encoded source, computed once per sentence."""
-  k: tuple[Array, ...]  # per decoder layer [batch, heads, src_len, head_dim]
+  k: tuple[Array, ...]  # per decoder layer [batch, heads, head_dim, src_len]
   v: tuple[Array, ...]  # per decoder layer [batch, heads, src_len, head_dim]
 
 
@@ -215,21 +217,27 @@ class DecoderLayer(_Block):
                cross_mask: Array, *, deterministic: bool = True, rngs=None,
                cache: tuple[Array, Array] | None = None, index: Array | None = None
                ) -> tuple[Array, tuple[Array, Array] | None]:
-    """y [batch, tgt_len, embed] -> (y, cache); a given cache gets K/V at `index`."""
+    """y [batch, tgt_len, embed] -> (y, cache); a given cache gets K/V at `index`.
+
+    Decoding (a cache given) takes cross_k and the cached keys transposed
+    ([batch, heads, head_dim, len], `transpose_keys`), as `decode_step` keeps them.
+    """
     kw = dict(deterministic=deterministic, rngs=rngs)
+    decoding = cache is not None  # Then every key array is `transpose_keys`-ed.
     with jax.named_scope("self_attention"):  # Scopes name the ops in profiles.
       h = self._branch_in(y, self.self_norm)
       k, v = self.self_attn.project_kv(h)  # [batch, heads, tgt_len, head_dim]
-      if cache is not None:  # Decoding: tgt_len == 1, one position per hypothesis.
-        # Every hypothesis attends to its sentence's whole cache [batch, heads,
-        # max_decode_len * beam, head_dim], masked to its ancestors' entries.
-        k, v = update_cache(cache[0], k, index), update_cache(cache[1], v, index)
+      if decoding:  # tgt_len == 1, one position per hypothesis.
+        # Every hypothesis attends to its sentence's whole cache, masked to its
+        # ancestors' entries (DecodeCache).
+        k = update_cache(cache[0], k, index, keys_transposed=True)
+        v = update_cache(cache[1], v, index)
         cache = (k, v)
-      h = self.self_attn.attend(h, k, v, self_mask, **kw)
+      h = self.self_attn.attend(h, k, v, self_mask, keys_transposed=decoding, **kw)
       y = self._branch_out(y, h, self.self_norm, **kw)
     with jax.named_scope("cross_attention"):
       h = self.cross_attn.attend(self._branch_in(y, self.cross_norm), cross_k, cross_v,
-                                 cross_mask, **kw)
+                                 cross_mask, keys_transposed=decoding, **kw)
       y = self._branch_out(y, h, self.cross_norm, **kw)
     with jax.named_scope("mlp"):
       y = self._branch_out(y, self.mlp(self._branch_in(y, self.mlp_norm), **kw),
@@ -372,19 +380,23 @@ class Transformer(nnx.Module):
   # Incremental decoding (beam search). Rows are unpacked sentences.
 
   def precompute_cross_kv(self, encoded: Array) -> CrossKV:
-    """Projects encoded [batch, src_len, embed] to every layer's cross-attention K/V."""
+    """Projects encoded [batch, src_len, embed] to every layer's cross-attention K/V.
+
+    Keys come transposed (`transpose_keys`), the layout decoding reads fastest.
+    """
     kv = [layer.cross_attn.project_kv(encoded) for layer in self.decoder_layers]
-    return CrossKV(k=tuple(k for k, _ in kv), v=tuple(v for _, v in kv))
+    return CrossKV(k=tuple(transpose_keys(k) for k, _ in kv), v=tuple(v for _, v in kv))
 
   def init_cache(self, batch_size: int, max_decode_len: int, beam_size: int = 1
                  ) -> DecodeCache:
     """Zeroed self-attention cache of `beam_size` hypotheses per sentence."""
-    shape = (batch_size, self.cfg.num_heads, max_decode_len * beam_size,
-             self.cfg.head_dim)
-    zeros = lambda: tuple(
-        with_logical_constraint(jnp.zeros(shape, jnp.dtype(self.cfg.dtype)), CACHE_AXES)
+    heads, keys, head_dim = (self.cfg.num_heads, max_decode_len * beam_size,
+                             self.cfg.head_dim)
+    zeros = lambda shape, axes: tuple(
+        with_logical_constraint(jnp.zeros(shape, jnp.dtype(self.cfg.dtype)), axes)
         for _ in range(self.cfg.num_decoder_layers))
-    return DecodeCache(k=zeros(), v=zeros(),
+    return DecodeCache(k=zeros((batch_size, heads, head_dim, keys), KEY_AXES),
+                       v=zeros((batch_size, heads, keys, head_dim), VALUE_AXES),
                        slots=jnp.zeros((batch_size, beam_size, max_decode_len),
                                        jnp.int32),
                        index=jnp.zeros((), jnp.int32))
