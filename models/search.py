@@ -21,6 +21,8 @@ Search rules, per sentence:
   then frozen, so the result does not depend on how long its batch mates run.
 """
 from collections.abc import Callable
+import functools
+import operator
 from typing import Any, NamedTuple
 
 import flax
@@ -161,14 +163,16 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   # probability mass is dropped, not renormalised, so scores stay sums of the
   # model's log-probabilities.
   log_norm = jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [batch, beam, 1]
-  logits = logits.at[..., pad_id].set(NEG_INF)
-  if suppress_eos:
-    logits = logits.at[..., eos_id].set(NEG_INF)
   # Exact two-stage top-k: the beam best of beam * vocab candidates are among each
-  # hypothesis's min(beam, vocab) best tokens. Ties resolve as in one top-k over
-  # [beam * vocab] (lower parent, then lower token), at a third of its cost.
-  k = min(beam, vocab)
+  # hypothesis's beam best tokens. Ties resolve as in one top-k over [beam * vocab]
+  # (lower parent, then lower token), at a third of its cost. Tokens never emitted
+  # are barred after the first stage, which therefore keeps that many more: masking
+  # the logits first would copy all of them every step.
+  barred = (pad_id, eos_id) if suppress_eos else (pad_id,)
+  k = min(beam + len(barred), vocab)
   row_logits, row_tokens = _top_k(logits, k)  # [batch, beam, k]
+  is_barred = functools.reduce(operator.or_, [row_tokens == t for t in barred])
+  row_logits = jnp.where(is_barred, NEG_INF, row_logits)
   candidates = alive_logp[..., None] + (row_logits - log_norm)
   top_logp, top_idx = _top_k(candidates.reshape(batch, beam * k), beam)
   token = jnp.take_along_axis(row_tokens.reshape(batch, beam * k), top_idx, axis=1)
