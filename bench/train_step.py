@@ -1,13 +1,22 @@
 """Train-step benchmark on synthetic batches: step time, tokens/s and model-FLOP use.
 
   python -m bench.train_step --config=configs/transformer_base.py --batch_size=8
+  python -m bench.train_step --config=configs/default.py --batch_size=64 \
+      --vocab_size=8000 --dropout_rng_impls=threefry2x32,rbg
 
-Prints one JSON line per config. Model-FLOP utilisation (MFU) counts 6 x parameters x
-tokens per step (tokens = batch_size x length, each a source and a target position),
-against a square matmul in the model's compute dtype timed in the same run. Needs only
-JAX, Flax and optax: no data pipeline, no TFDS.
+Prints one JSON line per dropout PRNG timed (one, the config's, unless
+--dropout_rng_impls names several). Model-FLOP utilisation (MFU) counts 6 x parameters
+x tokens per step (tokens = batch_size x length, each a source and a target position),
+against a square matmul in the model's compute dtype: the fraction of the measured
+matmul peak the step reaches (`mfu`, in wall time; `mfu_cpu_time`, in this process's
+CPU seconds). The steps and the matmul are timed in turn, round after round, so a
+shared machine's load drifts onto all of them alike and their medians compare. Needs only JAX, Flax and optax: no data pipeline, no TFDS.
 """
+from collections.abc import Callable
 import json
+import statistics
+import time
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -30,14 +39,41 @@ _LENGTH = flags.DEFINE_integer("length", 64, "Source and target tokens per row."
 _VOCAB = flags.DEFINE_integer("vocab_size", 32000, "Shared vocabulary size.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiling one.")
 _MATMUL = flags.DEFINE_integer("matmul_size", 4096, "Side of the peak-FLOP/s matmul.")
+_IMPLS = flags.DEFINE_list(
+    "dropout_rng_impls", [], "Dropout PRNGs (config.dropout_rng_impl values) to time"
+    " side by side; empty: the config's.")
 
 
-def matmul_flops_per_sec(n: int, dtype) -> float:
-  """Achieved FLOP/s of an n x n x n matmul: the ceiling MFU is measured against."""
+def matmul_call(n: int, dtype) -> Callable[[], jax.Array]:
+  """An n x n x n matmul (2 n^3 FLOPs): the FLOP/s ceiling MFU is measured against."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   matmul = jax.jit(lambda x, y: x @ y)
-  return 2 * n**3 / timing.time_calls(lambda: matmul(a, b), 5).median_s
+  return lambda: matmul(a, b)
+
+
+def time_in_turn(calls: dict[str, Callable[[], Any]], repeats: int
+                 ) -> tuple[dict[str, timing.Timing], dict[str, float]]:
+  """`timing.time_calls` for several calls, each called once per round, in turn.
+
+  On a machine shared with other jobs the load drifts over seconds; calls timed in
+  alternation see the same drift, calls timed one after the other do not. Returns the
+  wall-clock timings and each call's median CPU seconds (this process, all threads),
+  which other jobs on the machine inflate far less than wall time.
+  """
+  first, times, cpu, outputs = {}, {n: [] for n in calls}, {n: [] for n in calls}, {}
+  for repeat in range(repeats + 1):  # Round 0 compiles.
+    for name, call in calls.items():
+      start, start_cpu = time.perf_counter(), time.process_time()
+      outputs[name] = jax.block_until_ready(call())
+      if repeat:
+        times[name].append(time.perf_counter() - start)
+        cpu[name].append(time.process_time() - start_cpu)
+      else:
+        first[name] = time.perf_counter() - start
+  return ({name: timing.Timing(first_s=first[name], times=times[name],
+                               output=outputs[name]) for name in calls},
+          {name: statistics.median(cpu[name]) for name in calls})
 
 
 def synthetic_batch(batch: int, length: int, vocab: int) -> dict[str, np.ndarray]:
@@ -58,32 +94,46 @@ def main(argv):
   model_cfg = transformer.TransformerConfig.from_config(
       config.model, vocab_size=_VOCAB.value, pad_id=tokenizer_lib.PAD_ID)
   tx = optimizer_lib.create_optimizer(config)
-  initial = trainer.create_train_state(model_cfg, tx, partitioner, config.seed)
-  train_step, _ = trainer.compile_steps(config, initial, tx, partitioner)
-  params = transformer.count_params(initial.state.params)
   local = synthetic_batch(_BATCH.value, _LENGTH.value, _VOCAB.value)
   batch = jax.device_put(local, partitioner.batch_sharding())
-  state = initial.state
+  calls = {}
+  for impl in _IMPLS.value or [config.dropout_rng_impl]:
+    impl_config = config.copy_and_resolve_references()
+    impl_config.dropout_rng_impl = impl
+    initial = trainer.create_train_state(model_cfg, tx, partitioner, config.seed)
+    train_step, _ = trainer.compile_steps(impl_config, initial, tx, partitioner)
+    calls[impl] = _stepper(train_step, initial.state, batch)
+  params = transformer.count_params(initial.state.params)
+  calls["matmul"] = matmul_call(_MATMUL.value, jnp.dtype(config.model.dtype))
+  timings, cpu_s = time_in_turn(calls, _STEPS.value)
+  peak = 2 * _MATMUL.value**3 / timings.pop("matmul").median_s
+  tokens = _BATCH.value * _LENGTH.value
+  for impl, result in timings.items():
+    step_s = result.median_s
+    print(json.dumps({
+        "config": config.model.to_dict(), "dropout_rng_impl": impl,
+        "parameters": params, "batch_size": _BATCH.value, "length": _LENGTH.value,
+        "compile_s": round(result.first_s, 2), "step_ms": round(1000 * step_s, 2),
+        "step_cpu_ms": round(1000 * cpu_s[impl], 2),
+        "matmul_cpu_ms": round(1000 * cpu_s["matmul"], 2),
+        "tokens_per_s": round(tokens / step_s, 1),
+        "model_tflops_per_s": round(6 * params * tokens / step_s / 1e12, 4),
+        "matmul_tflops_per_s": round(peak / 1e12, 4),
+        "mfu": round(6 * params * tokens / step_s / peak, 4),
+        # The same ratio in CPU seconds: what a shared machine's load distorts least.
+        "mfu_cpu_time": round(6 * params * tokens * cpu_s["matmul"]
+                              / (2 * _MATMUL.value**3 * cpu_s[impl]), 4),
+        "loss": float(result.output["loss"]), "device": jax.devices()[0].device_kind,
+        "num_devices": jax.device_count(), "jax": jax.__version__}))
 
-  def step():  # The state is donated: each call continues from the last one.
+
+def _stepper(train_step, state, batch) -> Callable[[], dict[str, jax.Array]]:
+  """One train step per call; the state is donated, so each continues the last."""
+  def step():
     nonlocal state
     state, metrics = train_step(state, batch)
     return metrics
-
-  result = timing.time_calls(step, _STEPS.value)
-  compile_s, step_s, metrics = result.first_s, result.median_s, result.output
-  tokens = _BATCH.value * _LENGTH.value
-  peak = matmul_flops_per_sec(_MATMUL.value, jnp.dtype(config.model.dtype))
-  print(json.dumps({
-      "config": config.model.to_dict(), "parameters": params,
-      "batch_size": _BATCH.value, "length": _LENGTH.value,
-      "compile_s": round(compile_s, 2), "step_ms": round(1000 * step_s, 2),
-      "tokens_per_s": round(tokens / step_s, 1),
-      "model_tflops_per_s": round(6 * params * tokens / step_s / 1e12, 4),
-      "matmul_tflops_per_s": round(peak / 1e12, 4),
-      "mfu": round(6 * params * tokens / step_s / peak, 4),
-      "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(), "jax": jax.__version__}))
+  return step
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4  # Decoupled weight decay.
   config.grad_clip_norm = 1.0  # Clip gradients to this global norm (0: off).
   config.grad_accum_steps = 1  # Micro-batches per optimizer update (optax.MultiSteps).
-  # JAX PRNG for dropout masks ('threefry2x32', 'rbg', 'unsafe_rbg'); init keeps threefry.
+  # Generator of dropout masks, a key of training.steps.DROPOUT_RNG_IMPLS (init: threefry).
   config.dropout_rng_impl = "threefry2x32"
   config.label_smoothing = 0.1  # Probability mass spread over non-reference tokens.
   config.log_every_steps = 50  # Train metrics to TensorBoard, metrics.jsonl, stdout.

@@ -5,17 +5,55 @@ inside the trace, so the jitted function takes and returns plain pytrees and the
 train state can be donated, sharded and checkpointed as one tree. The model keeps no
 other state: dropout keys come in at call time, derived from (seed, step).
 """
+import math
 from typing import Any
 
 import flax
 from flax import nnx
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import optax
 
 
-# JAX PRNG implementations a dropout key may use (`jax.random.key(..., impl=...)`).
-DROPOUT_RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+_THREEFRY = jax.extend.random.threefry_prng_impl
+
+
+def _packed_threefry_bits(draw_bits: int):
+  """Threefry `random_bits` that spends one 32-bit word on 32 // draw_bits draws.
+
+  Each 32-bit draw holds `draw_bits` random bits at the top and zeros below. A
+  uniform float built from it takes 2**draw_bits values, k / 2**draw_bits, which
+  is plenty for a Bernoulli mask (keep probability rounded up to a multiple of
+  2**-draw_bits) but not for sampling in general: keys of these generators are for
+  dropout only. On XLA:CPU a mask costs what its threefry words cost (~13 ns a word
+  on one core, rbg alike), so 16-bit draws halve it and 8-bit draws quarter it.
+  """
+  def random_bits(key, bit_width, shape):
+    if bit_width != 32:
+      return _THREEFRY.random_bits(key, bit_width, shape)
+    size = math.prod(shape)
+    words = _THREEFRY.random_bits(key, 32, (-(-size // (32 // draw_bits)),))
+    draws = jax.lax.bitcast_convert_type(words, jnp.dtype(f"uint{draw_bits}"))
+    return (draws.reshape(-1)[:size].astype(jnp.uint32) << (32 - draw_bits)
+            ).reshape(shape)
+  return random_bits
+
+
+def _packed_threefry(draw_bits: int):
+  return jax.extend.random.define_prng_impl(
+      key_shape=_THREEFRY.key_shape, seed=_THREEFRY.seed, split=_THREEFRY.split,
+      fold_in=_THREEFRY.fold_in, random_bits=_packed_threefry_bits(draw_bits),
+      name=f"threefry2x32_{draw_bits}bit", tag=f"fry{draw_bits}")
+
+
+# Generators a dropout key may use, by config.dropout_rng_impl: JAX's own (names as
+# in `jax.random.key(..., impl=...)`) and threefry with packed low-precision draws.
+DROPOUT_RNG_IMPLS = {
+    "threefry2x32": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg",
+    "threefry2x32_16bit": _packed_threefry(16),
+    "threefry2x32_8bit": _packed_threefry(8),
+}
 
 
 @flax.struct.dataclass
@@ -60,13 +98,14 @@ def _forward(graphdef, params, batch, *, deterministic: bool, rngs=None):
 def dropout_key(seed: int, step: jax.Array, impl: str = "threefry2x32") -> jax.Array:
   """The step's dropout key: (seed, step) folded into a key of generator `impl`.
 
-  Keys from (seed, step) make a resumed run draw the same masks. `impl` is a JAX PRNG
-  implementation ('threefry2x32', 'rbg', 'unsafe_rbg'); the key's type carries it to
-  every `jax.random` call that draws masks, while parameter initialisation keeps the
-  default generator. On CPU, threefry bits are costly enough that the masks are a
-  fifth of the default model's step; 'rbg' draws them from XLA's RngBitGenerator.
+  Keys from (seed, step) make a resumed run draw the same masks. `impl` names an
+  entry of DROPOUT_RNG_IMPLS; the key's type carries the generator to every
+  `jax.random` call that draws masks, while parameter initialisation keeps JAX's
+  default. Masks are about a fifth of the default model's step on CPU with threefry;
+  'rbg' is no cheaper there, 'threefry2x32_8bit' cuts the step by about 13%
+  (docs/multi30k.md).
   """
-  return jax.random.fold_in(jax.random.key(seed, impl=impl), step)
+  return jax.random.fold_in(jax.random.key(seed, impl=DROPOUT_RNG_IMPLS[impl]), step)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,

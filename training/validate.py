@@ -57,7 +57,7 @@ def config_problems(config) -> list[str]:
          f">= (warmup_steps + 1) x grad_accum_steps = {least}: schedule="
          f"{flat['schedule']!r} decays to 0 after warmup, by the last step")
   need(flat["dropout_rng_impl"] in steps.DROPOUT_RNG_IMPLS, "dropout_rng_impl",
-       f"one of {steps.DROPOUT_RNG_IMPLS}")
+       f"one of {tuple(steps.DROPOUT_RNG_IMPLS)}")
   need(flat["decode.beam_size"] >= 1, "decode.beam_size", ">= 1 (1: greedy)")
   for field in ("data.max_length", "data.eval_max_length", "data.vocab_size",
                 "model.max_len"):
