@@ -18,7 +18,6 @@ from absl import app
 from absl import flags
 from flax import nnx
 import jax
-from jax import lax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
@@ -126,8 +125,9 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
       "output projection y @ W [embed, vocab]": (
           jax.jit(lambda t, y: y @ t.kernel), (table, y), vocab * d * 4, 1),
       "log-softmax + top-k": (
-          jax.jit(lambda x: lax.top_k(jax.nn.log_softmax(x).reshape(
-              batch, beam * vocab), beam)), (logits,), 0, 1),
+          jax.jit(lambda x, a: search._best_expansions(  # pylint: disable=protected-access
+              x.reshape(batch, beam, vocab), a, tokenizer_lib.EOS_ID, cfg.pad_id,
+              True)), (logits, jnp.zeros((batch, beam))), 0, 1),
       "self-attention (per layer)": (
           sub(self_attn), (layer_params, y, cache.k[0], cache.v[0]), 4 * d * d * 4,
           cfg.num_decoder_layers),
@@ -139,11 +139,13 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
       "mlp (per layer)": (
           sub(lambda l, y: l.mlp(l.mlp_norm(y))), (layer_params, y),
           2 * d * cfg.mlp_dim * 4, cfg.num_decoder_layers),
+      # The Transformer's cache moves only its ancestry table (DecodeCache.reorder).
       "cache reorder (all layers)": (
-          jax.jit(search.reorder_cache),
+          jax.jit(lambda c, p: search.reorder_cache(c, p).slots),
           (cache, jnp.zeros((batch, beam), jnp.int32)), 0, 1),
+      # Logits only: returning the cache, not donated, would copy it all.
       "model step (decode_step)": (
-          jax.jit(lambda p, *a: nnx.merge(graphdef, p).decode_step(*a)),
+          jax.jit(lambda p, *a: nnx.merge(graphdef, p).decode_step(*a)[0]),
           (params, jnp.ones((rows,), jnp.int32), step_index, cache, cross_kv,
            src_mask, table), decoder_bytes + vocab * d * 4, 1),
   }
