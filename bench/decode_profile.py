@@ -31,14 +31,14 @@ from models import transformer
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/transformer_base.py",
+CONFIG = config_flags.DEFINE_config_file("config", "configs/transformer_base.py",
                                           "Config whose model to profile.")
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Sentences.")
-_BEAM = flags.DEFINE_integer("beam_size", 4, "Beam width.")
-_SRC_LEN = flags.DEFINE_integer("src_len", 32, "Source tokens.")
-_MAX_LEN = flags.DEFINE_integer("max_decode_len", 64, "Cache length (decoder steps).")
-_VOCAB = flags.DEFINE_integer("vocab_size", 32000, "Vocabulary (random weights).")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Parameter and compute dtype (the "
+BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Sentences.")
+BEAM = flags.DEFINE_integer("beam_size", 4, "Beam width.")
+SRC_LEN = flags.DEFINE_integer("src_len", 32, "Source tokens.")
+MAX_LEN = flags.DEFINE_integer("max_decode_len", 64, "Cache length (decoder steps).")
+VOCAB = flags.DEFINE_integer("vocab_size", 32000, "Vocabulary (random weights).")
+DTYPE = flags.DEFINE_string("dtype", "float32", "Parameter and compute dtype (the "
                              "CTranslate2 comparison's float32 by default).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per piece.")
 
@@ -159,31 +159,36 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
   return out
 
 
+def random_model() -> tuple[transformer.TransformerConfig, Partitioner, nnx.GraphDef,
+                            nnx.State]:
+  """The flags' model with random weights, on every local device's batch axis."""
+  cfg = transformer.TransformerConfig.from_config(
+      CONFIG.value.model, vocab_size=VOCAB.value,
+      pad_id=tokenizer_lib.PAD_ID).with_dtype(DTYPE.value)
+  partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
+  return (cfg, partitioner) + tuple(partitioner.init_params(cfg.make_model()))
+
+
 def main(argv):
   del argv
-  config = _CONFIG.value
-  cfg = transformer.TransformerConfig.from_config(
-      config.model, vocab_size=_VOCAB.value,
-      pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
-  partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
-  graphdef, params = partitioner.init_params(cfg.make_model())
+  cfg, partitioner, graphdef, params = random_model()
   floor_row = floor(_REPEATS.value, cfg.emb_dim, cfg.vocab_size)
   print(json.dumps({**floor_row, "device": jax.devices()[0].device_kind,
                     "jax": jax.__version__}))
   search = decoding.jit_beam_search(partitioner)
-  for batch in (int(b) for b in _BATCH_SIZES.value):
-    rows = profile_batch(graphdef, params, cfg, batch, _BEAM.value, _SRC_LEN.value,
-                         _MAX_LEN.value, _REPEATS.value)
-    inputs = decode_bench.synthetic_sources(batch, _SRC_LEN.value, cfg.vocab_size)
+  for batch in (int(b) for b in BATCH_SIZES.value):
+    rows = profile_batch(graphdef, params, cfg, batch, BEAM.value, SRC_LEN.value,
+                         MAX_LEN.value, _REPEATS.value)
+    inputs = decode_bench.synthetic_sources(batch, SRC_LEN.value, cfg.vocab_size)
     whole = timing.time_calls(lambda: search(
         graphdef, params, inputs, 0.6, 1.5, 10.0, eos_id=tokenizer_lib.EOS_ID,
-        beam_size=_BEAM.value, max_decode_len=_MAX_LEN.value,
-        forced_len=_MAX_LEN.value), max(3, _REPEATS.value // 5)).median_s
-    step_ms = 1000 * whole / _MAX_LEN.value
+        beam_size=BEAM.value, max_decode_len=MAX_LEN.value,
+        forced_len=MAX_LEN.value), max(3, _REPEATS.value // 5)).median_s
+    step_ms = 1000 * whole / MAX_LEN.value
     for row in rows:
       row["share_of_search_step"] = round(row["ms_per_step"] / step_ms, 3)
       print(json.dumps(row))
-    floor_ms = step_floor_ms(nnx.merge(graphdef, params), batch, _BEAM.value,
+    floor_ms = step_floor_ms(nnx.merge(graphdef, params), batch, BEAM.value,
                              floor_row)
     print(json.dumps({"piece": "search (whole call)", "batch": batch,
                       "ms": round(1000 * whole, 1), "ms_per_step": round(step_ms, 3),

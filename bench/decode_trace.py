@@ -28,24 +28,14 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 from absl import app  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
-from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
 from bench import decode as decode_bench  # pylint: disable=wrong-import-position
+# Its flags (--config, --batch_sizes, --beam_size, --src_len, --max_decode_len,
+# --vocab_size, --dtype) and random model serve here too.
+from bench import decode_profile  # pylint: disable=wrong-import-position
 from data import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
 from models import decoding  # pylint: disable=wrong-import-position
-from models import transformer  # pylint: disable=wrong-import-position
-from parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position
-from parallel.sharding import Partitioner  # pylint: disable=wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/transformer_base.py",
-                                          "Config whose model to trace.")
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Sentences.")
-_BEAM = flags.DEFINE_integer("beam_size", 4, "Beam width.")
-_SRC_LEN = flags.DEFINE_integer("src_len", 32, "Source tokens.")
-_FORCED_LEN = flags.DEFINE_integer("forced_len", 64, "Decoder steps (EOS suppressed).")
-_VOCAB = flags.DEFINE_integer("vocab_size", 32000, "Vocabulary (random weights).")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Parameter and compute dtype (the "
-                             "CTranslate2 comparison's float32 by default).")
 _CALLS = flags.DEFINE_integer("calls", 2, "Traced calls per batch size.")
 
 # Named scopes of the loop body, in the order they are reported.
@@ -115,9 +105,11 @@ def traced_op_ms(trace_dir: str, module: str) -> dict[str, float]:
 
 def trace_batch(search, graphdef, params, batch: int) -> list[dict]:
   """One row per scope: op ms per decoder step for a search over `batch` sentences."""
-  inputs = decode_bench.synthetic_sources(batch, _SRC_LEN.value, _VOCAB.value)
-  kwargs = dict(eos_id=tokenizer_lib.EOS_ID, beam_size=_BEAM.value,
-                max_decode_len=_FORCED_LEN.value, forced_len=_FORCED_LEN.value)
+  steps = decode_profile.MAX_LEN.value
+  inputs = decode_bench.synthetic_sources(batch, decode_profile.SRC_LEN.value,
+                                          decode_profile.VOCAB.value)
+  kwargs = dict(eos_id=tokenizer_lib.EOS_ID, beam_size=decode_profile.BEAM.value,
+                max_decode_len=steps, forced_len=steps)
   args = (graphdef, params, inputs, 0.6, 1.5, 10.0)
   compiled = search.jitted.lower(*args, **kwargs).compile()
   scopes = op_scopes(compiled.as_text())
@@ -131,7 +123,7 @@ def trace_batch(search, graphdef, params, batch: int) -> list[dict]:
   by_scope = collections.Counter()
   for op, ms in op_ms.items():
     if (scope := scope_of(op, scopes)) is not None:
-      by_scope[scope] += ms / _CALLS.value / _FORCED_LEN.value
+      by_scope[scope] += ms / _CALLS.value / steps
   total = sum(by_scope.values())
   order = LOOP_SCOPES + (REST_OF_LOOP, COPIES, BEFORE_LOOP, "unattributed")
   return [{"batch": batch, "scope": scope, "ms_per_step": round(by_scope[scope], 3),
@@ -142,14 +134,9 @@ def trace_batch(search, graphdef, params, batch: int) -> list[dict]:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  cfg = transformer.TransformerConfig.from_config(
-      config.model, vocab_size=_VOCAB.value,
-      pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
-  partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
-  graphdef, params = partitioner.init_params(cfg.make_model())
+  _, partitioner, graphdef, params = decode_profile.random_model()
   search = decoding.jit_beam_search(partitioner)
-  for batch in (int(b) for b in _BATCH_SIZES.value):
+  for batch in (int(b) for b in decode_profile.BATCH_SIZES.value):
     for row in trace_batch(search, graphdef, params, batch):
       print(json.dumps(row), flush=True)
 
