@@ -140,7 +140,7 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
                                   keepdims=False)  # [batch, beam]
   prev = jnp.where(t == 0, pad_id, prev)
   logits, cache = step_fn(prev.reshape(-1), t, state.cache)  # [batch * beam, vocab]
-  # Named scopes label the ops in profiles (bench/decode_profile.py --trace).
+  # Named scopes label the ops in profiles (bench/decode_trace.py).
   with jax.named_scope("top_k"):
     top_logp, parent, token = _best_expansions(
         logits.reshape(batch, beam, -1), state.alive_logp, eos_id, pad_id,

@@ -108,8 +108,8 @@ class DecodeCache:
   attention reads the array as it lies (a reshaped view of a buffer the loop
   updates in place makes XLA copy it). Keys are kept transposed (`transpose_keys`).
   """
-  k: tuple[Array, ...]  # per decoder layer [batch, heads, head_dim, max_decode_len * beam]
-  v: tuple[Array, ...]  # per decoder layer [batch, heads, max_decode_len * beam, head_dim]
+  k: tuple[Array, ...]  # per layer [batch, heads, head_dim, max_decode_len * beam]
+  v: tuple[Array, ...]  # per layer [batch, heads, max_decode_len * beam, head_dim]
   slots: Array  # [batch, beam, max_decode_len] int32: slot holding each ancestor's K/V
   index: Array  # [] int32: number of positions written
 
