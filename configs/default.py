@@ -19,7 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 3e-3  # Peak learning rate, reached at the end of warmup.
   config.warmup_steps = 200  # Linear warmup to learning_rate, then config.schedule.
   # Decay after warmup: 'rsqrt' (1/sqrt(step), no end), 'linear' or 'cosine' (0 at the end).
-  config.schedule = "rsqrt"
+  # 'linear' chosen on validation: 53.39 against rsqrt's 52.95 (one run each, step 1100).
+  config.schedule = "linear"
   config.optimizer = "adamw"  # 'adamw' or 'adafactor'.
   config.adam_b1 = 0.9  # AdamW first-moment decay.
   config.adam_b2 = 0.98  # AdamW second-moment decay.

@@ -7,6 +7,7 @@ def get_config():
   config.batch_tokens = 512  # 16 rows of 32 tokens.
   config.num_train_steps = 20
   config.warmup_steps = 5
+  config.schedule = "rsqrt"  # Open-ended: tests stop, resume and extend runs at any step.
   config.learning_rate = 3e-3
   config.log_every_steps = 1
   config.eval_every_steps = 10
