@@ -1,14 +1,13 @@
 """Multi30k En->Fr, best quality we measured: the CPU recipe trained longer, with rsqrt.
 
-It is default.py with 1,500 steps and the open-ended schedule (warmup, then
-1/sqrt(step)) that default.py used before it switched to 'linear'. Because rsqrt has
-no end point, this run's first 1,100 steps are those of a 1,100-step rsqrt run, and
-resume restores the data iterator too, so a finished
-  python train.py --config=configs/default.py --config.schedule=rsqrt --workdir=DIR
+It is default.py with 1,500 steps and its open-ended schedule (warmup, then
+1/sqrt(step)). Because rsqrt has no end point, this run's first 1,100 steps are those
+of a 1,100-step default run, and resume restores the data iterator too, so a finished
+  python train.py --config=configs/default.py --workdir=DIR
 continues into this one exactly:
   python train.py --config=configs/multi30k_best.py --workdir=DIR
-Do not continue a run of default.py ('linear' has already decayed to 0 there); start
-a fresh workdir. docs/multi30k.md has the numbers.
+Not so a run with --config.schedule=linear or cosine (its rate has decayed to 0):
+start a fresh workdir. docs/multi30k.md has the numbers.
 """
 from configs import default
 

@@ -6,8 +6,11 @@ import pytest
 
 from configs import default
 from configs import smoke
+from models import transformer
+from parallel.sharding import Partitioner
 from training import optimizer
 from training import steps
+from training import trainer
 from training import validate
 
 LR, WARMUP, TOTAL = 3e-3, 200, 1100
@@ -104,3 +107,33 @@ def test_packed_draws_are_uniform_on_their_grid(bits):
   assert counts.min() > 0.95 * len(uniform) / 16  # 16 bins, each within 5%.
   assert np.isclose(float(jax.random.bernoulli(key, 0.9, (200_000,)).mean()),
                     np.ceil(0.9 * 2**bits) / 2**bits, atol=0.003)
+
+
+def test_the_config_dropout_rng_impl_and_schedule_reach_the_train_step():
+  """trainer.compile_steps passes both: other masks, other loss; the logged rate."""
+  config = smoke.get_config()
+  config.schedule = "linear"
+  partitioner = Partitioner.from_config(config, devices=jax.devices()[:1])
+  model_cfg = transformer.TransformerConfig.from_config(config.model, vocab_size=64,
+                                                        pad_id=0)
+  tx = optimizer.create_optimizer(config)
+  rng = np.random.default_rng(0)
+  ones = np.ones((4, 16), np.int32)
+  batch = {"inputs": rng.integers(3, 64, (4, 16), dtype=np.int32),
+           "targets": rng.integers(3, 64, (4, 16), dtype=np.int32),
+           "inputs_segment_ids": ones, "targets_segment_ids": ones,
+           "inputs_positions": np.cumsum(ones, 1) - 1,
+           "targets_positions": np.cumsum(ones, 1) - 1}
+  losses = {}
+  for impl in ("threefry2x32", "rbg"):
+    config.dropout_rng_impl = impl
+    initial = trainer.create_train_state(model_cfg, tx, partitioner, config.seed)
+    train_step, _ = trainer.compile_steps(config, initial, tx, partitioner)
+    state = initial.state
+    for _ in range(config.warmup_steps + 1):
+      state, metrics = train_step(state, batch)
+    losses[impl] = float(metrics["loss"])
+    np.testing.assert_allclose(  # The decayed schedule, one update past warmup.
+        metrics["learning_rate"], optimizer.schedule_from_config(config)(
+            config.warmup_steps), rtol=1e-5)
+  assert losses["threefry2x32"] != losses["rbg"]

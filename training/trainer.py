@@ -162,9 +162,9 @@ def compile_steps(config, initial: InitialState, tx: optax.GradientTransformatio
   train_step = partitioner.jit(
       functools.partial(
           steps.train_step, graphdef=initial.graphdef, tx=tx,
-          schedule=optimizer_lib.learning_rate_schedule(config.learning_rate,
-                                                        config.warmup_steps),
-          seed=config.seed, label_smoothing=config.label_smoothing),
+          schedule=optimizer_lib.schedule_from_config(config),
+          seed=config.seed, dropout_rng_impl=config.dropout_rng_impl,
+          label_smoothing=config.label_smoothing),
       in_shardings=(initial.shardings, batch_sharding),
       out_shardings=(initial.shardings, None), donate_argnums=0)
   eval_step = partitioner.jit(
