@@ -9,7 +9,14 @@ WORKDIR ?= workdir/default
 MULTI30K_DIR ?= $(abspath $(wildcard ../shared/data/multi30k))
 export MULTI30K_DIR
 
-.PHONY: setup train test test-fast clean
+# `make distill`: the teacher's training workdir and the student's config. The student
+# trains in WORKDIR when given (make distill WORKDIR=...), else in workdir/distill: never
+# in the default WORKDIR, the CPU recipe's.
+TEACHER ?= workdir/best
+DISTILL_CONFIG ?= configs/multi30k_distill.py
+DISTILL_WORKDIR := $(if $(filter file,$(origin WORKDIR)),workdir/distill,$(WORKDIR))
+
+.PHONY: setup train distill test test-fast clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -20,6 +27,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 train: setup
 	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+distill: setup  # Teacher translates the training set; a student trains on it; scores.
+	$(PY) distill.py --config=$(DISTILL_CONFIG) --workdir=$(DISTILL_WORKDIR) \
+	    --teacher=$(TEACHER)
 
 test: setup
 	$(PY) -m pytest -q -n 2 tests

@@ -63,10 +63,16 @@ def main(argv):
     train_and_score(config, workdir)
 
 
-def train_and_score(config, workdir: str) -> None:
-  """Prepares the data, trains, then averages and scores the last checkpoints."""
+def train_and_score(config, workdir: str, train_transform=None) -> None:
+  """Prepares the data, trains, then averages and scores the last checkpoints.
+
+  `train_transform` maps the training data source to the one training reads (see
+  `prepare.prepare_on_all_processes`; distill.py swaps in the teacher's targets);
+  validation and the final scores always use the dataset's own references.
+  """
   partitioner = Partitioner.from_config(config)
-  sources, tokenizer = prepare.prepare_on_all_processes(config, workdir)
+  sources, tokenizer = prepare.prepare_on_all_processes(config, workdir,
+                                                        train_transform)
   validate.validate_splits(config, datasets.split_sizes(config.data))
   result = trainer.run(
       config, workdir, partitioner, sources, tokenizer,

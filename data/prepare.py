@@ -1,5 +1,5 @@
 """Data preparation for a workdir: build the TFDS dataset, train or reuse the tokenizer."""
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from absl import logging
 from etils import epath
@@ -58,18 +58,27 @@ def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation"
 
 
 def prepare_on_all_processes(
-    config, workdir: str) -> tuple[dict, tokenizer_lib.Tokenizer]:
+    config, workdir: str, train_transform: Callable[[Sequence], Sequence] | None = None
+    ) -> tuple[dict, tokenizer_lib.Tokenizer]:
   """`prepare` on every process of a run: process 0 first, then the others.
 
   Process 0 alone builds the TFDS dataset and trains the tokenizer, so processes
   sharing a file system never write them at once; the others then only read them.
+  `train_transform`, if given, replaces the training source by what it returns
+  (distill.py: the teacher's translations as targets), before the statistics.
   Process 0 also logs the training split's statistics, including how many pairs
   training drops as empty or longer than `config.data.max_length`; if that leaves no
   pair, every process stops with an error (training would wait forever for a batch).
   """
+  def prepared():
+    sources, tokenizer = prepare(config, workdir)
+    if train_transform is not None:
+      sources = {**sources, "train": train_transform(sources["train"])}
+    return sources, tokenizer
+
   kept = 0
   if jax.process_index() == 0:
-    sources, tokenizer = prepare(config, workdir)
+    sources, tokenizer = prepared()
     stats = corpus_stats(sources["train"], tokenizer, config.data, seed=config.seed)
     logging.info("Training data: %s", stats)
     kept = stats["kept_pairs"]
@@ -81,7 +90,7 @@ def prepare_on_all_processes(
         f" {config.data.dataset}'s training split, tokenized). Raise data.max_length"
         " (and model.max_len), or check the data files.")
   if jax.process_index() != 0:
-    sources, tokenizer = prepare(config, workdir)
+    sources, tokenizer = prepared()
   return sources, tokenizer
 
 

@@ -69,6 +69,12 @@ def config_problems(config) -> list[str]:
   if flat["data.max_length"] > 0:
     need(flat["batch_tokens"] >= flat["data.max_length"], "batch_tokens",
          f">= data.max_length={flat['data.max_length']} (at least one row)")
+  if "distill.max_train_sentences" in flat:  # distill.py's block, when present.
+    need(flat["distill.max_train_sentences"] == -1
+         or flat["distill.max_train_sentences"] >= 1, "distill.max_train_sentences",
+         "-1 (all) or >= 1")
+    need(flat["distill.chunk_sentences"] >= 1, "distill.chunk_sentences", ">= 1")
+    need(flat["distill.batch_tokens"] > 0, "distill.batch_tokens", "> 0")
   return problems
 
 

@@ -1,0 +1,29 @@
+"""Multi30k En->Fr sequence-level distillation: a student built for fast decoding.
+
+Run with distill.py (not train.py): the teacher (--teacher, e.g. a finished
+configs/multi30k_best.py run) translates the training sources with its beam search,
+and this student trains on those translations (Kim & Rush, 2016). The student has a
+deep encoder and a one-layer decoder (Kasai et al., 2021): the encoder runs once per
+sentence, the decoder once per output token, so decoding costs about a quarter of
+default.py's 4+4 layers per token. Everything else is default.py, its training
+budget included (1,100 steps).
+"""
+import ml_collections
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.num_encoder_layers = 6  # Deep encoder: runs once per sentence.
+  config.model.num_decoder_layers = 1  # Shallow decoder: runs once per output token.
+
+  config.distill = distill = ml_collections.ConfigDict()
+  # Translate and train on only the first N training pairs (-1: all). The pairs after
+  # them are NOT used at all (not even with their references): for tests and trials.
+  distill.max_train_sentences = -1
+  # Sentences translated per chunk; each finished chunk is appended to
+  # WORKDIR/distill/train.<target_lang>.partial, so a rerun resumes after the last one.
+  distill.chunk_sentences = 2000
+  distill.batch_tokens = 4096  # Source tokens per teacher decode batch, with padding.
+  return config
