@@ -33,6 +33,7 @@ from inference import server
 from inference import translate
 from inference.translator import Translator
 from inference.translator import inference_partitioner
+from models import quantization
 from models import transformer
 from parallel.sharding import Partitioner
 from storage import layout
@@ -48,6 +49,11 @@ _CHECKPOINT_DIR = flags.DEFINE_string(
     " e.g. WORKDIR/averaged_last5 written by --mode=average.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Inference dtype for parameters and compute"
                              " (e.g. bfloat16); default: the training config's.")
+_QUANTIZE = flags.DEFINE_enum(
+    "quantize", "none", ["none", *quantization.MODES], "int8 weights, per output"
+    " channel, made at load (models/quantization.py): 'int8' also quantizes"
+    " activations per row (int8 dots: the fast path on CPU); 'int8_weights' is"
+    " weight-only (for GPU/TPU). Translate, evaluate, score, serve and benchmark.")
 _INPUT = flags.DEFINE_string("input", "-", "Source file, one sentence per line; - is"
                              " stdin.")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file; - is stdout.")
@@ -141,10 +147,15 @@ def _settings(config=None) -> translate.DecodeSettings:
       None if config is None else config.get("decode")), **_decode_flags())
 
 
+def _quantize() -> str | None:
+  return None if _QUANTIZE.value == "none" else _QUANTIZE.value
+
+
 def _translator() -> Translator:
   return Translator.from_workdir(
       _workdir(), step=_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value,
-      dtype=_DTYPE.value, decode_overrides=_decode_flags(), nbest=_NBEST.value,
+      dtype=_DTYPE.value, quantize=_quantize(), decode_overrides=_decode_flags(),
+      nbest=_NBEST.value,
       batch_tokens=_BATCH_TOKENS.value, max_len=_MAX_SOURCE_LEN.value)
 
 
@@ -158,14 +169,14 @@ class _Model:
   params: object
 
 
-def _checkpoint_or_random(mode: str) -> _Model:
+def _checkpoint_or_random(mode: str, quantize: str | None = None) -> _Model:
   """A workdir checkpoint (--workdir), or random weights of --config's model."""
   if _WORKDIR.value:
     config = layout.read_config(_workdir())
     partitioner = inference_partitioner(config)
     model = restore.restore_params(_workdir(), partitioner, step=_STEP.value,
                                    checkpoint_dir=_CHECKPOINT_DIR.value,
-                                   dtype=_DTYPE.value)
+                                   dtype=_DTYPE.value, quantize=quantize)
     return _Model(config, partitioner, model.model_config, model.graphdef,
                   model.params)
   if _CONFIG.value is None:
@@ -176,23 +187,28 @@ def _checkpoint_or_random(mode: str) -> _Model:
   model_cfg = transformer.TransformerConfig.from_config(
       config.model, vocab_size=_VOCAB.value,
       pad_id=tokenizer_lib.PAD_ID).with_dtype(_DTYPE.value)
-  graphdef, params = partitioner.init_params(model_cfg.make_model())
+  graphdef, params = quantization.quantize(
+      *partitioner.init_params(model_cfg.make_model()), quantize)
   return _Model(config, partitioner, model_cfg, graphdef, params)
 
 
 def _benchmark():
-  m = _checkpoint_or_random("benchmark")
+  m = _checkpoint_or_random("benchmark", _quantize())
   config, partitioner, model_cfg = m.config, m.partitioner, m.model_config
   graphdef, params = m.graphdef, m.params
   settings = _settings(config)
+  # Of the float model: a quantized one also holds scales (and a lookup table).
+  parameters = transformer.count_params(
+      partitioner.abstract_params(model_cfg.make_model())[1])
   for result in decode_bench.run(
       graphdef, params, partitioner, vocab_size=model_cfg.vocab_size,
       batch_sizes=[int(b) for b in _BATCH_SIZES.value], src_len=_SRC_LEN.value,
       forced_len=_FORCED_LEN.value or None, beam_size=settings.beam_size,
       alpha=settings.alpha, max_decode_len=max(_FORCED_LEN.value, 2 * _SRC_LEN.value),
       repeats=_REPEATS.value):
-    print(json.dumps({**result, "parameters": transformer.count_params(params),
-                      "dtype": model_cfg.dtype, "device": jax.devices()[0].device_kind,
+    print(json.dumps({**result, "parameters": parameters,
+                      "dtype": model_cfg.dtype, "quantize": _QUANTIZE.value,
+                      "weight_bytes": quantization.weight_bytes(params), "device": jax.devices()[0].device_kind,
                       "num_devices": jax.device_count(), "jax": jax.__version__}),
           flush=True)
 
@@ -201,6 +217,9 @@ def _export():
   """Writes the model (a checkpoint, or random weights) as a CTranslate2 directory."""
   if _OUTPUT.value == "-":
     raise app.UsageError("--mode=export needs --output=DIR, the model directory.")
+  if _quantize():
+    raise app.UsageError("--mode=export takes --quantization=int8 (CTranslate2"
+                         " quantizes the float weights itself), not --quantize.")
   m = _checkpoint_or_random("export")
   graphdef, params, model_cfg = m.graphdef, m.params, m.model_config
   vocab = (layout.load_tokenizer(_workdir()) if _WORKDIR.value

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from data import tokenizer as tokenizer_lib
+from models import quantization
 from models import transformer
 from parallel.sharding import Partitioner
 from storage import layout
@@ -61,13 +62,16 @@ def choose_step(directory: epath.Path, workdir: str, step: int | None) -> int:
 
 def restore_params(workdir: str, partitioner: Partitioner, *, step: int | None = None,
                    checkpoint_dir: str | None = None, dtype: str | None = None,
+                   quantize: str | None = None,
                    stored_config: transformer.TransformerConfig | None = None
                    ) -> Restored:
   """Parameters of `step` (default: the latest) from a training or averaged checkpoint.
 
   They are laid out by `partitioner` (its mesh and rules). `dtype` (e.g. 'bfloat16')
   sets both the compute dtype and the dtype the parameters are cast to; default: the
-  training config's. `stored_config` is `model_config(workdir)`, if the caller has it.
+  training config's. `quantize` ('int8' or 'int8_weights', models/quantization.py)
+  swaps the dense layers for int8 ones once restored. `stored_config` is
+  `model_config(workdir)`, if the caller has it.
   """
   directory = checkpoint_directory(workdir, checkpoint_dir)
   step = choose_step(directory, workdir, step)
@@ -79,7 +83,9 @@ def restore_params(workdir: str, partitioner: Partitioner, *, step: int | None =
     params = jax.tree.map(lambda x: x.astype(config.param_dtype)
                           if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
   graphdef, _ = partitioner.abstract_params(config.make_model())
-  logging.info("Restored the parameters of step %d from %s.", step, directory)
+  graphdef, params = quantization.quantize(graphdef, params, quantize)
+  logging.info("Restored the parameters of step %d from %s%s.", step, directory,
+               f", quantized to {quantize}" if quantize else "")
   return Restored(graphdef=graphdef, params=params, model_config=config, step=step)
 
 

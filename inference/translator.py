@@ -53,7 +53,8 @@ class Translator:
   @classmethod
   def from_workdir(cls, workdir: str, *, partitioner: Partitioner | None = None,
                    step: int | None = None, checkpoint_dir: str | None = None,
-                   dtype: str | None = None, settings: DecodeSettings | None = None,
+                   dtype: str | None = None, quantize: str | None = None,
+                   settings: DecodeSettings | None = None,
                    decode_overrides: dict | None = None, nbest: int = 1,
                    batch_tokens: int = 4096, max_len: int | None = None
                    ) -> "Translator":
@@ -61,7 +62,9 @@ class Translator:
 
     The partitioner defaults to `inference_partitioner` of the run's config. Decode
     settings are `settings`, else the run's `config.decode` with `decode_overrides`
-    (e.g. {"beam_size": 1}) replacing fields. Reads config.json and spm.model once.
+    (e.g. {"beam_size": 1}) replacing fields. `dtype` (e.g. 'bfloat16') and
+    `quantize` ('int8', 'int8_weights') change how the frozen parameters compute
+    (`restore.restore_params`). Reads config.json and spm.model once.
     """
     config = layout.read_config(workdir)
     # No checkpoint is the likelier mistake: its error, saying how to train, comes first.
@@ -75,7 +78,7 @@ class Translator:
                                      **(decode_overrides or {}))
     model = restore.restore_params(
         workdir, partitioner, step=step, checkpoint_dir=checkpoint_dir, dtype=dtype,
-        stored_config=restore.model_config(workdir, config, tokenizer))
+        quantize=quantize, stored_config=restore.model_config(workdir, config, tokenizer))
     decoder = translate.Decoder(partitioner, settings,
                                 max_len=model.model_config.max_len, nbest=nbest)
     return cls(graphdef=model.graphdef, params=model.params, tokenizer=tokenizer,

@@ -18,6 +18,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from models import quantization
 from models.layers import (MlpBlock, MultiHeadAttention, attention_mask, layer_norm,
                            partitioned, position_embedding, shift_right,
                            transpose_keys, update_cache)
@@ -131,9 +132,23 @@ class DecodeCache:
 
 @flax.struct.dataclass
 class OutputTable:
-  """The output projection as decoding reads it: logits = y @ kernel + bias."""
-  kernel: Array  # [embed, vocab]
+  """The output projection as decoding reads it: logits = y @ (kernel * scale) + bias."""
+  kernel: Array  # [embed, vocab], float or int8 (models/quantization.py)
   bias: Array | None  # [vocab], or None for the tied embedding
+  scale: Array | None = None  # [vocab] per-column scale of an int8 kernel
+  # int8 kernels: quantize y per row too and take the int8 x int8 dot.
+  quantize_inputs: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def project(self, y: Array) -> Array:
+    """y [..., embed] -> logits [..., vocab] in y's dtype."""
+    if self.scale is None:
+      logits = jnp.dot(y, self.kernel.astype(y.dtype))
+    else:
+      logits = quantization.int8_dot(y, self.kernel, self.scale,
+                                     quantize_inputs=self.quantize_inputs)
+    if self.bias is not None:
+      logits = logits + self.bias.astype(logits.dtype)
+    return logits.astype(y.dtype)
 
 
 @flax.struct.dataclass
@@ -291,9 +306,7 @@ class Transformer(nnx.Module):
       if self.decoder_norm is not None:
         y = self.decoder_norm(y)
       if output_table is not None:
-        logits = jnp.dot(y, output_table.kernel.astype(y.dtype))
-        if output_table.bias is not None:
-          logits = logits + output_table.bias.astype(y.dtype)
+        logits = output_table.project(y)
       elif self.logits_dense is None:
         logits = self.embed.attend(y)
       else:
@@ -307,8 +320,18 @@ class Transformer(nnx.Module):
     With shared embeddings the logits are y @ E.T; a dot against the transposed
     [vocab, embed] table streams the weights at about 60% of the speed of an
     [embed, vocab] one on CPU, so decoding transposes E once per call, outside its
-    loop. Training keeps the one shared table.
+    loop. Training keeps the one shared table. A quantized model
+    (models/quantization.py) has its int8 table laid out already.
     """
+    if isinstance(self.embed, quantization.Int8Embed):
+      return OutputTable(kernel=self.embed.output_kernel[...], bias=None,
+                         scale=self.embed.output_scale[...],
+                         quantize_inputs=self.embed.quantize_inputs)
+    if isinstance(self.logits_dense, quantization.Int8Linear):
+      layer = self.logits_dense
+      return OutputTable(kernel=layer.kernel[...], scale=layer.scale[...],
+                         bias=None if layer.bias is None else layer.bias[...],
+                         quantize_inputs=layer.quantize_inputs)
     if self.logits_dense is None:
       kernel = self.embed.embedding[...].T
       return OutputTable(kernel=with_logical_constraint(kernel, ("embed", "vocab")),
