@@ -4,7 +4,7 @@
       --batch_sizes=1,8,32 --repeats=10 --intra_threads=2,1
 
 One set of random weights (the config's model, float32, `--vocab_size`) runs in our
-decoder and, exported by `inference.export`, in CTranslate2 with float32 and int8
+decoder (and, with `--ours`, as bfloat16 or int8 variants of it) and, exported by `inference.export`, in CTranslate2 with float32 and int8
 weights. The protocol is `bench.decode`'s: the same synthetic sources, output forced
 to `--forced_len` tokens with EOS suppressed (CTranslate2: min = max decoding length),
 pad never emitted, beam `--beam_size`, so every engine does the same decoder steps.
@@ -33,6 +33,7 @@ from bench import decode as decode_bench
 from data import tokenizer as tokenizer_lib
 from inference import export
 from models import decoding
+from models import quantization
 from models import transformer
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
@@ -50,6 +51,9 @@ _THREADS = flags.DEFINE_list("intra_threads", [str(os.cpu_count() or 1)],
                              " (default: this machine's cores).")
 _QUANTIZATIONS = flags.DEFINE_list("quantizations", ["float32", "int8"],
                                    "CTranslate2 weight types, one engine each.")
+_OURS = flags.DEFINE_list(
+    "ours", ["float32"], "Our decoder's variants, one engine each: float32, bfloat16"
+    " (parameters and compute), int8 or int8_weights (models/quantization.py).")
 _SEED = flags.DEFINE_integer("seed", 0, "Parameter initialisation seed.")
 _ENGINES = flags.DEFINE_list(
     "engines", ["ours", "ctranslate2"], "Engines to time. One engine per process"
@@ -97,6 +101,18 @@ def _ct2(translator: ctranslate2.Translator, pieces: list[str],
   return call
 
 
+def _variant(name: str, model_cfg: transformer.TransformerConfig, graphdef, params):
+  """(graphdef, params) of our decoder's `name` variant of the float32 weights."""
+  if name in quantization.MODES:
+    return quantization.quantize(graphdef, params, name)
+  if name == "float32":
+    return graphdef, params
+  cfg = model_cfg.with_dtype(name)
+  graphdef, _ = Partitioner(mesh_lib.create_mesh((-1, 1, 1))).abstract_params(
+      cfg.make_model())
+  return graphdef, jax.tree.map(lambda x: x.astype(cfg.param_dtype), params)
+
+
 def _timed(fn: Callable[[], int]) -> tuple[float, int]:
   start = time.perf_counter()
   tokens = fn()
@@ -117,6 +133,8 @@ def main(argv):
             "ctranslate2": ctranslate2.__version__,
             "jax_device": jax.devices()[0].device_kind}
 
+  variants = {name: _variant(name, model_cfg, graphdef, params)
+              for name in _OURS.value}
   with tempfile.TemporaryDirectory() as tmp:
     translators = {}
     for quantization in _QUANTIZATIONS.value:
@@ -132,7 +150,8 @@ def main(argv):
       inputs = decode_bench.synthetic_sources(batch, _SRC_LEN.value, _VOCAB.value)
       engines = {}
       if "ours" in _ENGINES.value:
-        engines["ours"] = _ours(model_cfg, graphdef, params, inputs)
+        engines.update({("ours" if name == "float32" else f"ours-{name}"): _ours(
+            model_cfg, *variant, inputs) for name, variant in variants.items()})
       if "ctranslate2" in _ENGINES.value:
         engines.update({name: _ct2(t, pieces, inputs)
                         for name, t in translators.items()})
@@ -156,7 +175,7 @@ def main(argv):
                 "ms_per_sentence": round(1000 * median / batch, 2),
                 "output_tokens_per_s": round(batch * _FORCED_LEN.value / median, 1),
                 "repeats": len(times[name])}
-        if name != "ours" and ours is not None:
+        if not name.startswith("ours") and ours is not None:
           line["ours_over_ct2"] = round(ours / median, 2)
         print(json.dumps({**line, **common}), flush=True)
 
