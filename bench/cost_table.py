@@ -141,7 +141,7 @@ def ct2_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
     longest = max(len(s) for s in sources) + 1  # EOS, appended by the model.
     limit = min(max_len, math.floor(settings.max_len_a * longest + settings.max_len_b))
     results = engine.translate_batch(
-        sources, beam_size=beam, max_decoding_length=limit, min_decoding_length=0,
+        sources, beam_size=beam, max_decoding_length=limit, min_decoding_length=1,
         suppress_sequences=[[pieces[tokenizer_lib.PAD_ID]]])
     return [tokenizer.decode([index[p] for p in r.hypotheses[0]]) for r in results]
 

@@ -211,8 +211,8 @@ def translate_options(pieces: Sequence[str], *, beam_size: int,
                       max_decoding_length: int, forced_len: int | None = None) -> dict:
   """`Translator.translate_batch` options that follow `models.decoding`'s rules.
 
-  Pad is never emitted (suppressed), EOS may come at the first step
-  (`min_decoding_length` 0; CTranslate2's default 1 forbids it), and there is no
+  Pad is never emitted (suppressed), EOS never comes first (`min_decoding_length`
+  1, CTranslate2's default, is our rule: no translation is empty), and there is no
   length normalisation (`length_penalty` 0; CTranslate2 divides by len**penalty,
   not GNMT's ((5 + len) / 6)**alpha, so only alpha = 0 compares like with like).
   `max_decoding_length` counts EOS, as our a * src_len + b. `forced_len`: EOS
@@ -220,7 +220,7 @@ def translate_options(pieces: Sequence[str], *, beam_size: int,
   """
   options = dict(beam_size=beam_size, length_penalty=0.0,
                  suppress_sequences=[[pieces[tokenizer_lib.PAD_ID]]],
-                 max_decoding_length=max_decoding_length, min_decoding_length=0)
+                 max_decoding_length=max_decoding_length, min_decoding_length=1)
   if forced_len is not None:
     options.update(max_decoding_length=forced_len, min_decoding_length=forced_len)
   return options

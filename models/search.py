@@ -8,8 +8,9 @@ tree map over its leaves), so any model (or a stub returning fixed logits, as th
 tests do) plugs in.
 
 Search rules, per sentence:
-- Each step expands every live hypothesis by every token except pad and keeps
-  the `beam_size` best candidates by log-probability. Candidates ending in EOS, or
+- Each step expands every live hypothesis by every token except pad (and EOS at
+  the first step: no translation is empty, CTranslate2's min_decoding_length=1)
+  and keeps the `beam_size` best candidates by log-probability. Candidates ending in EOS, or
   reaching the sentence's max length, move to the finished set (the `beam_size`
   best by length-normalised score); the others stay live. So beam 1 is exactly
   greedy search, whatever `alpha` is.
@@ -21,8 +22,6 @@ Search rules, per sentence:
   then frozen, so the result does not depend on how long its batch mates run.
 """
 from collections.abc import Callable
-import functools
-import operator
 from typing import Any, NamedTuple
 
 import flax
@@ -144,7 +143,7 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
   with jax.named_scope("top_k"):
     top_logp, parent, token = _best_expansions(
         logits.reshape(batch, beam, -1), state.alive_logp, eos_id, pad_id,
-        suppress_eos)  # [batch, beam] each
+        suppress_eos | (t == 0))  # [batch, beam] each
   with jax.named_scope("beam_bookkeeping"):
     state = _advance(state, top_logp, parent, token, max_len, alpha, eos_id)
   with jax.named_scope("cache_reorder"):
@@ -152,11 +151,11 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
 
 
 def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
-                     suppress_eos: bool) -> tuple[Array, Array, Array]:
+                     bar_eos: Array | bool) -> tuple[Array, Array, Array]:
   """The beam best (log-probability, parent, token) [batch, beam] of each sentence.
 
   logits [batch, beam, vocab] of the live hypotheses, whose log-probabilities are
-  alive_logp [batch, beam].
+  alive_logp [batch, beam]; EOS is not a candidate where `bar_eos` (traced) is true.
   """
   batch, beam, vocab = logits.shape
   # log p = logits - logsumexp over the whole vocabulary. Pad is never emitted; its
@@ -168,10 +167,9 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   # (lower parent, then lower token), at a third of its cost. Tokens never emitted
   # are barred after the first stage, which therefore keeps that many more: masking
   # the logits first would copy all of them every step.
-  barred = (pad_id, eos_id) if suppress_eos else (pad_id,)
-  k = min(beam + len(barred), vocab)
+  k = min(beam + 2, vocab)  # Room for the pad and EOS among each row's best.
   row_logits, row_tokens = _top_k(logits, k)  # [batch, beam, k]
-  is_barred = functools.reduce(operator.or_, [row_tokens == t for t in barred])
+  is_barred = (row_tokens == pad_id) | ((row_tokens == eos_id) & bar_eos)
   row_logits = jnp.where(is_barred, NEG_INF, row_logits)
   candidates = alive_logp[..., None] + (row_logits - log_norm)
   top_logp, top_idx = _top_k(candidates.reshape(batch, beam * k), beam)

@@ -54,8 +54,9 @@ def penalty(length: int, alpha: float) -> float:
 
 
 def greedy_reference(graphdef, params, inputs, max_lens):
-  """Greedy search by a Python loop over full forwards: most likely non-pad token until
-  EOS or the sentence's max length. Returns token lists and log-probability sums."""
+  """Greedy search by a Python loop over full forwards: most likely non-pad token (not
+  EOS first) until EOS or the sentence's max length. Returns token lists and
+  log-probability sums."""
   batch = inputs.shape[0]
   targets = np.full((batch, MAX_DECODE_LEN), FILL, np.int32)
   seqs, logp_sums = [[] for _ in range(batch)], np.zeros(batch)
@@ -64,8 +65,9 @@ def greedy_reference(graphdef, params, inputs, max_lens):
     for i, seq in enumerate(seqs):
       if len(seq) == max_lens[i] or (seq and seq[-1] == EOS):
         continue
-      token = int(np.argmax(np.where(np.arange(len(logp[i])) == PAD_ID, -np.inf,
-                                     logp[i])))
+      barred = (PAD_ID, EOS) if t == 0 else (PAD_ID,)
+      token = int(np.argmax(np.where(np.isin(np.arange(len(logp[i])), barred),
+                                     -np.inf, logp[i])))
       seq.append(token)
       logp_sums[i] += logp[i, token]
       targets[i, t] = token
@@ -84,7 +86,8 @@ def beam_reference(graphdef, params, src, beam, alpha, max_len):
     logp = log_probs(graphdef, params, np.repeat(src[None], beam, 0), targets)[:, t]
     candidates = sorted(((s + logp[row, w], seq + (w,))
                          for row, (seq, s) in enumerate(alive)
-                         for w in range(1, logp.shape[-1])), reverse=True)[:beam]
+                         for w in range(1 if t else EOS + 1, logp.shape[-1])),
+                        reverse=True)[:beam]  # Not EOS first: nothing is empty.
     alive = []
     for s, seq in candidates:
       if seq[-1] == EOS or len(seq) == max_len:
@@ -146,7 +149,7 @@ def alone(parts):
 
 
 def test_exhaustive_search_matches_brute_force():
-  """Vocab 6 (4 words besides pad and EOS), max length 4: all 341 complete sequences.
+  """Vocab 6 (4 words besides pad and EOS), max length 4: all 340 complete sequences.
 
   A beam of the vocabulary size is not exhaustive (16 live prefixes after 2 steps);
   beam 80 keeps every candidate (at most 16 * 5 at step 3), so the search must return
@@ -155,7 +158,8 @@ def test_exhaustive_search_matches_brute_force():
   graphdef, params = nnx.split(tiny_model(vocab_size=6, seed=1))
   src = np.array([[3, 5, 2, 4, 4]], np.int32)
   words, max_len = range(FIRST_WORD, 6), 4
-  seqs = [w + (EOS,) for n in range(max_len) for w in itertools.product(words, repeat=n)]
+  seqs = [w + (EOS,) for n in range(1, max_len)  # At least one word: none is empty.
+          for w in itertools.product(words, repeat=n)]
   seqs += list(itertools.product(words, repeat=max_len))
   targets = np.full((len(seqs), max_len), PAD_ID, np.int32)
   for i, seq in enumerate(seqs):
@@ -182,7 +186,7 @@ def test_beam_1_is_greedy(parts, eos_params):
     for i, seq in enumerate(seqs):
       assert_same_nbest(as_lists(out, i), [(logp_sums[i] / penalty(len(seq), 1.0),
                                             tuple(seq))])
-  assert [len(s) for s in seqs] == [1, 1, 1]  # The EOS-biased model stops at once.
+  assert [len(s) for s in seqs] == [2, 2, 2]  # EOS-biased: one word, then EOS.
 
 
 def test_beam_matches_reference_search(parts, alone):
@@ -279,7 +283,7 @@ def test_early_stop(parts, eos_params):
                                  **search)
   assert int(out.steps) <= 4
   got = as_lists(out, 0)
-  assert got[0][1] == (EOS,)
+  assert len(got[0][1]) == 2 and got[0][1][-1] == EOS  # One word (none is empty).
   assert_same_nbest(got, beam_reference(graphdef, eos_params, SENTENCE, BEAM, 1.0, 8))
 
 

@@ -39,10 +39,12 @@ def run(table, *, batch=1, beam, max_len, alpha, nbest, suppress_eos=False):
 
 
 def brute_force(table, max_len, alpha, nbest):
-  """Every sequence of words ending in EOS (or cut at max_len), scored exactly."""
+  """Every sequence of at least one word ending in EOS (or cut at max_len), scored
+  exactly."""
   logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table, jnp.float32)), np.float64)
   words = range(EOS + 1, VOCAB)
-  seqs = [w + (EOS,) for n in range(max_len) for w in itertools.product(words, repeat=n)]
+  seqs = [w + (EOS,) for n in range(1, max_len)
+          for w in itertools.product(words, repeat=n)]
   seqs += list(itertools.product(words, repeat=max_len))
   scored = []
   for seq in seqs:
@@ -88,7 +90,24 @@ def test_suppressed_eos_runs_every_hypothesis_to_the_limit():
   assert int(out.steps) == 4 and np.all(np.asarray(out.lengths) == 4)
   assert not np.any(np.asarray(out.tokens) == EOS)
   early = run(table, beam=2, max_len=4, alpha=0.6, nbest=1)
-  assert int(early.steps) < 4 and nbest_lists(early)[0][1] == (EOS,)
+  best = nbest_lists(early)[0][1]  # Without suppression: a word (none can be
+  assert int(early.steps) < 4 and len(best) == 2 and best[-1] == EOS  # empty), EOS.
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_no_translation_is_empty(beam):
+  """EOS cannot be the first token, however likely the model makes it: an empty
+  output would beat every real one for a source of rare words (a teacher gave 43 of
+  29,000 Multi30k training sentences no translation). CTranslate2's default
+  min_decoding_length=1 and fairseq's min_len=1 are the same rule."""
+  table = np.zeros((VOCAB, VOCAB))
+  table[PAD, EOS] = 8.0  # After the start token, EOS is almost certain...
+  table[EOS + 1:, EOS] = 8.0  # ...and after any word too.
+  out = run(table, beam=beam, max_len=4, alpha=0.6, nbest=1)
+  best = nbest_lists(out)[0][1]
+  assert len(best) == 2 and best[-1] == EOS and best[0] > EOS  # One word, then EOS.
+  one = run(table, beam=beam, max_len=1, alpha=0.6, nbest=1)  # Room for one token:
+  assert nbest_lists(one)[0][1][0] > EOS  # a word, cut at the limit.
 
 
 def test_reorder_cache_follows_parents_and_leaves_scalars():
