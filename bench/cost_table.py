@@ -13,8 +13,8 @@ sentences, in order, in batches of exactly 1, 8 and 32 sentences (a batch is pad
 to its longest sentence's bucket): every batch shape is compiled in a warm-up pass,
 then --repeats timed passes, the median pass reported as ms per sentence and
 sentences/s. `--engine=ctranslate2` exports the same checkpoint (stored and computed in
-CTranslate2's own --compute_type) and runs its beam search with `intra_threads`
-= cores on the same sentences and max length; CTranslate2 normalises scores by
+CTranslate2's own --compute_type) and runs its beam search with --intra_threads
+(default: the cores) on the same sentences and max length; CTranslate2 normalises scores by
 length**1 (its default), not GNMT's alpha, so its outputs can differ from ours.
 `--measure=bleu` or `latency` runs one half: BLEU needs no quiet machine, timings do.
 """
@@ -57,6 +57,9 @@ _QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", *quantization.MODES],
                               "jax: int8 layers (models/quantization.py).")
 _COMPUTE_TYPE = flags.DEFINE_string("compute_type", "int8", "ctranslate2: its"
                                     " quantization and compute type.")
+_THREADS = flags.DEFINE_integer("intra_threads", os.cpu_count() or 1, "ctranslate2:"
+                                "threads per batch (default: the cores; at batches 1"
+                                " and 8, 1 thread was faster on 2 cores).")
 _BEAM = flags.DEFINE_integer("beam_size", None, "Default: the run's config.decode.")
 _MEASURE = flags.DEFINE_list("measure", ["bleu", "latency"], "bleu, latency or both.")
 _SPLITS = flags.DEFINE_list("splits", ["validation", "test_2016_flickr"], "BLEU splits.")
@@ -131,7 +134,7 @@ def ct2_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
                             tokenizer, directory, quantization=_COMPUTE_TYPE.value)
   engine = ctranslate2.Translator(directory, device="cpu",
                                   compute_type=_COMPUTE_TYPE.value, inter_threads=1,
-                                  intra_threads=os.cpu_count() or 1)
+                                  intra_threads=_THREADS.value)
   pieces = export.vocabulary(tokenizer)
   index = {p: i for i, p in enumerate(pieces)}
   max_len = model.model_config.max_len
@@ -151,7 +154,8 @@ def ct2_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
 
   return translate_all, translate_batch, {
       "engine": f"ctranslate2 {ctranslate2.__version__}",
-      "precision": _COMPUTE_TYPE.value, "step": model.step, "beam_size": beam,
+      "precision": _COMPUTE_TYPE.value, "intra_threads": _THREADS.value,
+      "step": model.step, "beam_size": beam,
       "weight_bytes": sum(os.path.getsize(os.path.join(directory, f))
                           for f in os.listdir(directory))}
 
