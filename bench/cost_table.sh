@@ -16,6 +16,8 @@ row --workdir="$TEACHER" --name="teacher greedy" --beam_size=1
 row --workdir="$TEACHER" --name="teacher CTranslate2 int8" --engine=ctranslate2
 row --workdir="$TEACHER" --name="teacher CTranslate2 int8, 1 thread" --engine=ctranslate2 \
     --intra_threads=1
+row --workdir="$TEACHER" --name="teacher CTranslate2 float32, 1 thread" \
+    --engine=ctranslate2 --compute_type=float32 --intra_threads=1
 row --workdir="$STUDENT" --name="student"
 row --workdir="$STUDENT" --name="student int8" --quantize=int8
 row --workdir="$STUDENT" --name="student greedy" --beam_size=1
