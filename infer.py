@@ -155,8 +155,8 @@ def _translator() -> Translator:
   return Translator.from_workdir(
       _workdir(), step=_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value,
       dtype=_DTYPE.value, quantize=_quantize(), decode_overrides=_decode_flags(),
-      nbest=_NBEST.value,
-      batch_tokens=_BATCH_TOKENS.value, max_len=_MAX_SOURCE_LEN.value)
+      nbest=_NBEST.value, batch_tokens=_BATCH_TOKENS.value,
+      max_len=_MAX_SOURCE_LEN.value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +208,8 @@ def _benchmark():
       repeats=_REPEATS.value):
     print(json.dumps({**result, "parameters": parameters,
                       "dtype": model_cfg.dtype, "quantize": _QUANTIZE.value,
-                      "weight_bytes": quantization.weight_bytes(params), "device": jax.devices()[0].device_kind,
+                      "weight_bytes": quantization.weight_bytes(params),
+                      "device": jax.devices()[0].device_kind,
                       "num_devices": jax.device_count(), "jax": jax.__version__}),
           flush=True)
 

@@ -12,10 +12,11 @@ test_2016_flickr; then decode latency on the first --latency_sentences test
 sentences, in order, in batches of exactly 1, 8 and 32 sentences (a batch is padded
 to its longest sentence's bucket): every batch shape is compiled in a warm-up pass,
 then --repeats timed passes, the median pass reported as ms per sentence and
-sentences/s. `--engine=ctranslate2` exports the same checkpoint (stored and computed in
-CTranslate2's own --compute_type) and runs its beam search with --intra_threads
-(default: the cores) on the same sentences and max length; CTranslate2 normalises scores by
-length**1 (its default), not GNMT's alpha, so its outputs can differ from ours.
+sentences/s. `--engine=ctranslate2` exports the same checkpoint (stored and computed
+in CTranslate2's own --compute_type) and runs its beam search with --intra_threads
+(default: the cores) on the same sentences and max length; CTranslate2 normalises
+scores by length**1 (its default), not GNMT's alpha, so its outputs can differ from
+ours.
 `--measure=bleu` or `latency` runs one half: BLEU needs no quiet machine, timings do.
 """
 from collections.abc import Callable, Sequence

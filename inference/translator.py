@@ -78,7 +78,8 @@ class Translator:
                                      **(decode_overrides or {}))
     model = restore.restore_params(
         workdir, partitioner, step=step, checkpoint_dir=checkpoint_dir, dtype=dtype,
-        quantize=quantize, stored_config=restore.model_config(workdir, config, tokenizer))
+        quantize=quantize,
+        stored_config=restore.model_config(workdir, config, tokenizer))
     decoder = translate.Decoder(partitioner, settings,
                                 max_len=model.model_config.max_len, nbest=nbest)
     return cls(graphdef=model.graphdef, params=model.params, tokenizer=tokenizer,
