@@ -31,7 +31,6 @@ import time
 from absl import app
 from absl import flags
 from etils import epath
-from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -85,10 +84,6 @@ def checkpoint_dir(workdir: str) -> str | None:
   return str(averaged[-1]) if averaged else None
 
 
-def translator_dtype(translator: Translator) -> str:
-  return str(nnx.merge(translator.graphdef, translator.params).cfg.dtype)
-
-
 def float_parameters(workdir: str) -> int:
   """Parameters of the trained model (a quantized one also holds scales)."""
   config = layout.read_config(workdir)
@@ -114,7 +109,7 @@ def jax_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
         sources, length, len(sources), translator.settings, 1)]
 
   precision = _QUANTIZE.value if _QUANTIZE.value != "none" else (
-      _DTYPE.value or translator_dtype(translator))
+      _DTYPE.value or layout.read_config(workdir).model.dtype)
   return translate_all, translate_batch, {
       "engine": "jax", "precision": precision, "step": translator.step,
       "beam_size": translator.settings.beam_size,

@@ -133,16 +133,23 @@ def prepared(smoke_config, tmp_path_factory):
   return smoke_config, workdir, sources, tokenizer
 
 
-@pytest.fixture(scope="session")
-def trained_workdir(prepared, tmp_path_factory):
-  """A workdir after 4 smoke training steps: checkpoints at steps 2 and 4, BLEU at 4."""
+def train_smoke(prepared, workdir: pathlib.Path, **overrides) -> pathlib.Path:
+  """Trains the session's smoke config, with `overrides` of its top-level fields, in
+  `workdir` (which gets the session's spm.model); returns `workdir`."""
   config, tokenizer_dir, _, _ = prepared
   config = config.copy_and_resolve_references()
-  config.num_train_steps = 4
-  config.checkpoint_every_steps = 2
-  config.eval_every_steps = 1000  # Evaluates at the last step only,
-  config.eval_bleu_sentences = 8  # with BLEU on a few validation sentences.
-  workdir = tmp_path_factory.mktemp("trained")
+  for field, value in overrides.items():
+    setattr(config, field, value)
   (workdir / "spm.model").write_bytes((tokenizer_dir / "spm.model").read_bytes())
   train_in(config, workdir, prepared)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(prepared, tmp_path_factory):
+  """A workdir after 4 smoke training steps: checkpoints at steps 2 and 4, BLEU at 4."""
+  return train_smoke(
+      prepared, tmp_path_factory.mktemp("trained"), num_train_steps=4,
+      checkpoint_every_steps=2,
+      eval_every_steps=1000,  # Evaluates at the last step only,
+      eval_bleu_sentences=8)  # with BLEU on a few validation sentences.

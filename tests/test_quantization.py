@@ -19,7 +19,7 @@ from models import decoding
 from models import quantization
 from models import transformer
 from tests.conftest import REPO
-from tests.conftest import train_in
+from tests.conftest import train_smoke
 
 MODES = quantization.MODES
 
@@ -108,15 +108,9 @@ def test_xla_compiles_an_int8_dot_in_the_beam_search():
 def small_trained_workdir(prepared, tmp_path_factory):
   """The smoke model after 600 steps: it translates into varied words, so agreement
   between int8 and float32 means something (the 4-step one repeats one token)."""
-  config, tokenizer_dir, _, _ = prepared
-  config = config.copy_and_resolve_references()
-  config.num_train_steps = config.checkpoint_every_steps = 600
-  config.eval_every_steps = 1000
-  config.log_every_steps = 100
-  workdir = tmp_path_factory.mktemp("trained600")
-  (workdir / "spm.model").write_bytes((tokenizer_dir / "spm.model").read_bytes())
-  train_in(config, workdir, prepared)
-  return workdir
+  return train_smoke(prepared, tmp_path_factory.mktemp("trained600"),
+                     num_train_steps=600, checkpoint_every_steps=600,
+                     eval_every_steps=1000, log_every_steps=100)
 
 
 @pytest.fixture(scope="module")
