@@ -1,6 +1,7 @@
 """The layout of a training workdir, the one contract between training and inference.
 
   WORKDIR/config.json                   the resolved config of the run
+  WORKDIR/config.step<N>.json           the config.json a resume at step N replaced
   WORKDIR/run.json                      what the checkpoints are bound to: the
                                         tokenizer's sha256 and vocabulary size
   WORKDIR/spm.model                     the tokenizer
@@ -24,6 +25,7 @@ import orbax.checkpoint as ocp
 from data import tokenizer as tokenizer_lib
 
 CONFIG_FILE = "config.json"
+REPLACED_CONFIG_FILE = "config.step{step}.json"
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
 TOKENIZER_FILE = tokenizer_lib.MODEL_FILENAME

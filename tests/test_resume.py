@@ -15,6 +15,7 @@ from tests.conftest import Run, train_in
 from training import checkpoints
 from training import lock
 from training import trainer
+from training import validate
 
 
 def _data_iter(prepared):
@@ -209,3 +210,40 @@ def test_training_refuses_another_tokenizer(prepared, tmp_path):
   with pytest.raises(trainer.TokenizerMismatchError, match="sha256 0000"):
     train_in(prepared[0], workdir, prepared)
   assert not (workdir / "config.json").exists()
+
+
+def test_resume_that_would_change_the_learning_rate_stops_before_writing(prepared,
+                                                                          tmp_path):
+  # A linear decay reaches 0 at num_train_steps: raising it on resume would move the
+  # rate the run is at, and with it every remaining step.
+  config = prepared[0].copy_and_resolve_references()
+  config.schedule, config.warmup_steps = "linear", 1
+  config.num_train_steps = config.checkpoint_every_steps = 2
+  config.eval_every_steps = 100
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
+  train_in(config, workdir, prepared)
+  saved = (workdir / "config.json").read_bytes()
+  config.num_train_steps = 4
+  with pytest.raises(validate.ScheduleChangeError,
+                     match=r"(?s)step 2.*num_train_steps: 2 -> 4.*new --workdir"):
+    train_in(config, workdir, prepared)
+  assert (workdir / "config.json").read_bytes() == saved
+  assert _steps(workdir) == [2]
+
+
+def test_resume_keeps_the_replaced_config_and_says_what_changed(prepared, tmp_path):
+  # rsqrt has no end point: more steps continue the same rate (multi30k_best.py).
+  old = prepared[0].copy_and_resolve_references()
+  old.schedule, old.num_train_steps = "rsqrt", 2
+  (tmp_path / "config.json").write_text(old.to_json_best_effort())
+  new = old.copy_and_resolve_references()
+  new.num_train_steps, new.eval_every_steps = 4, 3
+  changes = trainer.check_resumed_config(new, tmp_path, start_step=2)
+  assert changes == ["eval_every_steps: 10 -> 3", "num_train_steps: 2 -> 4"]
+  assert json.loads((tmp_path / "config.step2.json").read_text())[
+      "num_train_steps"] == 2
+  new.learning_rate *= 2
+  with pytest.raises(validate.ScheduleChangeError, match=r"learning_rate"):
+    trainer.check_resumed_config(new, tmp_path, start_step=2)

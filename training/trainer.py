@@ -124,6 +124,38 @@ def restore_or_stop(config, workdir: epath.Path, checkpointer, initial: InitialS
         + ("\n  ".join(diff) or "none (the code changed the state?)")) from None
 
 
+def check_resumed_config(config, workdir: epath.Path, start_step: int) -> list[str]:
+  """On resume, the config fields that differ from the run's config.json.
+
+  A change to the learning rate of the steps still to train stops the run before
+  anything is written. Other changes (more steps of rsqrt, evaluation settings) go
+  on: they are logged, and the config.json they replace is kept as
+  config.step<start_step>.json.
+  """
+  saved_path = workdir / layout.CONFIG_FILE
+  if not saved_path.exists():
+    return []
+  saved = json.loads(saved_path.read_text())
+  changes = validate.config_diff(saved, config)
+  if not changes:
+    return []
+  listed = "\n  ".join(changes)
+  moved = validate.schedule_change(saved, config, start_step)
+  if moved:
+    raise validate.ScheduleChangeError(
+        f"Resuming {workdir} at step {start_step} with this config would change the"
+        f" learning rate of the steps still to train ({moved}). Config fields that"
+        f" differ from {saved_path} (which is unchanged):\n  {listed}\nRestore them"
+        " to continue this run, or train in a new --workdir: a linear or cosine"
+        " schedule ends at its num_train_steps and cannot be extended.")
+  kept = workdir / layout.REPLACED_CONFIG_FILE.format(step=start_step)
+  if jax.process_index() == 0:
+    layout.atomic_write(kept, saved_path.read_text())
+  logging.warning("Resuming at step %d with a changed config (the old one is kept as"
+                  " %s):\n  %s", start_step, kept, listed)
+  return changes
+
+
 def create_train_state(model_cfg: transformer.TransformerConfig,
                        tx: optax.GradientTransformation, partitioner: Partitioner,
                        seed: int) -> InitialState:
@@ -263,6 +295,8 @@ def _run(config, workdir: epath.Path, partitioner: Partitioner, sources, tokeniz
   # Before anything is written: a checkpoint that does not fit stops the run here.
   restored, start_step = restore_or_stop(config, workdir, checkpointer, initial,
                                          inputs.train_iter)
+  if restored is not None:
+    check_resumed_config(config, workdir, start_step)
   write_run_info(config, workdir, tokenizer)
   state = initial.state if restored is None else restored
   train_step, eval_step = compile_steps(config, initial, tx, partitioner)

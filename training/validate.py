@@ -7,12 +7,19 @@ second. Every problem is reported at once, each naming its field and a fix.
 from collections.abc import Mapping, Sequence
 import json
 
+import ml_collections
+import numpy as np
+
 from training import optimizer
 from training import steps
 
 
 class ConfigError(ValueError):
   """The config cannot train; the message lists every bad field."""
+
+
+class ScheduleChangeError(ValueError):
+  """A resume whose config would change the learning rate of the steps still to train."""
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict:
@@ -103,3 +110,25 @@ def config_diff(saved: Mapping, new) -> list[str]:
   old, now = _flatten(saved), _flatten(new)
   return [f"{k}: {old.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
           for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
+
+
+def schedule_change(saved: Mapping, new, start_step: int) -> str | None:
+  """The first step still to train whose learning rate `new` changes, as text; None
+  when resuming `saved`'s run at `start_step` keeps every remaining rate.
+
+  rsqrt has no end point, so more steps continue it; a linear or cosine decay ends
+  at its num_train_steps, so any other end moves the rates from here on.
+  """
+  saved = ml_collections.ConfigDict(_as_dict(saved))
+  accum = max(new.grad_accum_steps, 1)
+  counts = np.arange(start_step // accum, new.num_train_steps // accum)  # Updates.
+  if not counts.size:
+    return None
+  before = np.asarray(optimizer.schedule_from_config(saved)(counts))
+  after = np.asarray(optimizer.schedule_from_config(new)(counts))
+  moved = np.flatnonzero(~np.isclose(before, after, rtol=1e-6, atol=0))
+  if not moved.size:
+    return None
+  i = moved[0]
+  return (f"step {(counts[i] + 1) * accum}: learning rate {before[i]:.4g} in the run,"
+          f" {after[i]:.4g} with this config")
