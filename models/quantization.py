@@ -89,6 +89,11 @@ class Int8Linear(nnx.Module):
     self.dtype = layer.dtype or jnp.float32
     self.quantize_inputs = mode == "int8"
 
+  def output_weights(self) -> tuple[Array, Array, Array | None]:
+    """(int8 kernel [in, out], scale [out], bias [out] or None): as an output table."""
+    return self.kernel[...], self.scale[...], (
+        None if self.bias is None else self.bias[...])
+
   def __call__(self, x: Array) -> Array:
     lead = x.shape[:x.ndim - self.in_dims]
     y = int8_dot(x.reshape(*lead, -1), self.kernel[...], self.scale[...],
@@ -113,6 +118,10 @@ class Int8Embed(nnx.Module):
     self.output_scale = QuantizedWeight(scale)  # [vocab]
     self.dtype = embed.dtype or jnp.float32
     self.quantize_inputs = mode == "int8"
+
+  def output_weights(self) -> tuple[Array, Array, None]:
+    """(int8 kernel [embed, vocab], scale [vocab], no bias): the output table."""
+    return self.output_kernel[...], self.output_scale[...], None
 
   def __call__(self, tokens: Array) -> Array:
     return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)

@@ -323,15 +323,11 @@ class Transformer(nnx.Module):
     loop. Training keeps the one shared table. A quantized model
     (models/quantization.py) has its int8 table laid out already.
     """
-    if isinstance(self.embed, quantization.Int8Embed):
-      return OutputTable(kernel=self.embed.output_kernel[...], bias=None,
-                         scale=self.embed.output_scale[...],
-                         quantize_inputs=self.embed.quantize_inputs)
-    if isinstance(self.logits_dense, quantization.Int8Linear):
-      layer = self.logits_dense
-      return OutputTable(kernel=layer.kernel[...], scale=layer.scale[...],
-                         bias=None if layer.bias is None else layer.bias[...],
-                         quantize_inputs=layer.quantize_inputs)
+    output = self.embed if self.logits_dense is None else self.logits_dense
+    if isinstance(output, (quantization.Int8Embed, quantization.Int8Linear)):
+      kernel, scale, bias = output.output_weights()
+      return OutputTable(kernel=kernel, bias=bias, scale=scale,
+                         quantize_inputs=output.quantize_inputs)
     if self.logits_dense is None:
       kernel = self.embed.embedding[...].T
       return OutputTable(kernel=with_logical_constraint(kernel, ("embed", "vocab")),
