@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/default.py
 WORKDIR ?= workdir/default
+# Extra train.py flags, e.g. FLAGS=--config.seed=1 (one more seed of the recipe).
+FLAGS ?=
 # Raw Multi30k files for an offline build; a sibling ../shared/data/multi30k is used if
 # present. Empty: the TFDS builder downloads them.
 MULTI30K_DIR ?= $(abspath $(wildcard ../shared/data/multi30k))
@@ -26,7 +28,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 train: setup
-	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)
 
 distill: setup  # Teacher translates the training set; a student trains on it; scores.
 	$(PY) distill.py --config=$(DISTILL_CONFIG) --workdir=$(DISTILL_WORKDIR) \
