@@ -35,6 +35,7 @@ from data import datasets
 from data import distilled
 from inference.translator import Translator
 from parallel import mesh
+from parallel import processes
 from storage import layout
 # Its flags: --config (default configs/default.py, which has no `distill` block: pass
 # --config=configs/multi30k_distill.py), --workdir and the multi-process ones.
@@ -53,23 +54,6 @@ DISTILL_DIR = "distill"  # STUDENT/distill/ holds the teacher's translations.
 # Fields of the record that must match for a translation file to be reused.
 _IDENTITY = ("params_sha256", "tokenizer_sha256", "decode", "max_len", "dataset",
              "split", "source_lang", "target_lang")
-
-
-def _on_process_0(fn) -> int:
-  """fn() (an int) on process 0, broadcast to all; every process raises if it failed."""
-  value, error = 0, None
-  if jax.process_index() == 0:
-    try:
-      value = int(fn() or 0)
-    except Exception as e:  # pylint: disable=broad-except
-      error = e
-  ok, value = (int(x) for x in multihost_utils.broadcast_one_to_all(
-      np.array([error is None, value], np.int32)))
-  if error is not None:
-    raise error
-  if not ok:
-    raise RuntimeError("Process 0 failed (its log says why).")
-  return value
 
 
 def teacher_checkpoint_dir(teacher: str, given: str | None = None) -> str:
@@ -133,7 +117,7 @@ def copy_tokenizer(teacher: str, workdir: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     layout.atomic_write(path, proto)
     logging.info("Copied the teacher's tokenizer to %s.", path)
-  _on_process_0(copy)
+  processes.on_process_0(copy, f"copy the teacher's tokenizer to {path}")
 
 
 def params_sha256(params) -> str:
@@ -232,7 +216,7 @@ def translate_train(config, workdir: str, teacher: str, checkpoint_dir: str
       "dataset": data_cfg.dataset, "split": "train",
       "source_lang": data_cfg.source_lang, "target_lang": data_cfg.target_lang,
       "lines_needed": count}
-  done = _on_process_0(lambda: lines_done(path, record))
+  done = processes.on_process_0(lambda: lines_done(path, record), f"read {path}")
   if done >= count:
     logging.info("Reusing %s: %d lines by teacher step %d, %d needed.", path, done,
                  translator.step, count)
@@ -249,7 +233,8 @@ def translate_train(config, workdir: str, teacher: str, checkpoint_dir: str
         sources, name=f"{data_cfg.dataset} train", first_line=start + 1,
         progress=jax.process_index() == 0)]
     data = "".join(text + "\n" for text in texts).encode("utf-8")
-    _on_process_0(lambda: _append(_partial(path), data))
+    processes.on_process_0(lambda: _append(_partial(path), data),
+                           f"append to {_partial(path)}")
     logging.info("Teacher: lines %d-%d of %d in %.1f s.", start + 1, stop, count,
                  time.perf_counter() - began)
 
@@ -257,7 +242,7 @@ def translate_train(config, workdir: str, teacher: str, checkpoint_dir: str
     _partial(path).rename(path)
     layout.atomic_write(_record_path(path), json.dumps(
         {**record, "lines": count}, indent=1))
-  _on_process_0(finish)
+  processes.on_process_0(finish, f"finish {path}")
   return path, count
 
 

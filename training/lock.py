@@ -18,10 +18,7 @@ import socket
 
 from absl import logging
 from etils import epath
-import jax
-from jax.experimental import multihost_utils
-import numpy as np
-
+from parallel import processes
 from storage import layout
 
 LOCK_FILE = "train.lock"
@@ -106,19 +103,11 @@ def release(path: epath.Path) -> None:
 @contextlib.contextmanager
 def workdir_lock(workdir):
   """Holds the workdir's lock (process 0) for the body; every process stops if taken."""
-  path, error = None, None
-  if jax.process_index() == 0:
-    try:
-      path = acquire(workdir)
-    except WorkdirLockedError as e:
-      error = e
-  got = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
-  if error is not None:
-    raise error
-  if not got:
-    raise WorkdirLockedError(f"Process 0 could not lock {workdir}: see its log.")
+  acquired = []
+  processes.on_process_0(lambda: acquired.append(acquire(workdir)),
+                         f"lock {workdir}", error=WorkdirLockedError)
   try:
     yield
   finally:
-    if path is not None:
+    for path in acquired:
       release(path)
