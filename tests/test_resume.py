@@ -54,6 +54,19 @@ def _corrupt(step_dir):
       f.write_bytes(b"garbage")
 
 
+def _two_step_run(prepared, tmp_path, **fields):
+  """(config, workdir) of a finished 2-step smoke run with `fields` set."""
+  config = prepared[0].copy_and_resolve_references()
+  config.update(fields)
+  config.num_train_steps = config.checkpoint_every_steps = 2
+  config.eval_every_steps = 100
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
+  train_in(config, workdir, prepared)
+  return config, workdir
+
+
 @pytest.mark.parametrize("overrides,names", [
     ({"model.emb_dim": 64},
      r"params\.\S+\.value: shape \(32, 4, 8\) saved, \(64, 4, 8\) now"),
@@ -111,13 +124,7 @@ def test_processes_agree_to_skip_a_step_another_process_cannot_read(
 
 @pytest.mark.slow  # Runs the trainer twice.
 def test_resume_with_another_model_stops_before_writing(prepared, tmp_path):
-  config = prepared[0].copy_and_resolve_references()
-  config.num_train_steps = config.checkpoint_every_steps = 2
-  config.eval_every_steps = 100
-  workdir = tmp_path / "run"
-  workdir.mkdir()
-  (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
-  train_in(config, workdir, prepared)
+  config, workdir = _two_step_run(prepared, tmp_path)
   saved = {f: (workdir / f).read_bytes() for f in ("config.json", "run_info.json")}
   config.model.mlp_dim = 128
   config.num_train_steps = 4
@@ -212,18 +219,13 @@ def test_training_refuses_another_tokenizer(prepared, tmp_path):
   assert not (workdir / "config.json").exists()
 
 
+@pytest.mark.slow  # Runs the trainer.
 def test_resume_that_would_change_the_learning_rate_stops_before_writing(prepared,
                                                                           tmp_path):
   # A linear decay reaches 0 at num_train_steps: raising it on resume would move the
   # rate the run is at, and with it every remaining step.
-  config = prepared[0].copy_and_resolve_references()
-  config.schedule, config.warmup_steps = "linear", 1
-  config.num_train_steps = config.checkpoint_every_steps = 2
-  config.eval_every_steps = 100
-  workdir = tmp_path / "run"
-  workdir.mkdir()
-  (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
-  train_in(config, workdir, prepared)
+  config, workdir = _two_step_run(prepared, tmp_path, schedule="linear",
+                                  warmup_steps=1)
   saved = (workdir / "config.json").read_bytes()
   config.num_train_steps = 4
   with pytest.raises(validate.ScheduleChangeError,
