@@ -18,6 +18,7 @@ import socket
 
 from absl import logging
 from etils import epath
+
 from parallel import processes
 from storage import layout
 
