@@ -61,3 +61,20 @@ def test_a_filter_that_keeps_no_training_pair_is_an_error(prepared):
   config.data.max_length = 1  # Every caption is longer.
   with pytest.raises(ValueError, match="No training pair is left.*max_length=1"):
     prepare.prepare_on_all_processes(config, str(prepared[1]))
+
+
+def test_schedule_change_names_the_first_step_whose_rate_moves():
+  new = default.get_config()
+  saved = new.to_dict()
+  del saved["schedule"]  # A config.json from before the field: counted unchanged.
+  assert validate.schedule_change(saved, new, start_step=100) is None
+  new.learning_rate *= 2
+  assert validate.schedule_change(saved, new, start_step=100).startswith(
+      "step 101: learning rate")
+  new.learning_rate /= 2
+  new.schedule, saved["schedule"] = "linear", "linear"
+  new.num_train_steps += 1  # The decay would now end one step later...
+  assert validate.schedule_change(saved, new, start_step=300).startswith("step 301")
+  # ...but warmup (200 steps) does not depend on the end.
+  assert validate.schedule_change(saved, new, start_step=100).startswith("step 202")
+  assert validate.schedule_change(saved, new, start_step=new.num_train_steps) is None

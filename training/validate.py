@@ -6,8 +6,8 @@ second. Every problem is reported at once, each naming its field and a fix.
 """
 from collections.abc import Mapping, Sequence
 import json
+import types
 
-import ml_collections
 import numpy as np
 
 from training import optimizer
@@ -119,7 +119,10 @@ def schedule_change(saved: Mapping, new, start_step: int) -> str | None:
   rsqrt has no end point, so more steps continue it; a linear or cosine decay ends
   at its num_train_steps, so any other end moves the rates from here on.
   """
-  saved = ml_collections.ConfigDict(_as_dict(saved))
+  # A field older config.json files lack counts as unchanged.
+  saved = types.SimpleNamespace(**{f: _as_dict(saved).get(f, new[f]) for f in (
+      "learning_rate", "warmup_steps", "schedule", "num_train_steps",
+      "grad_accum_steps")})
   accum = max(new.grad_accum_steps, 1)
   counts = np.arange(start_step // accum, new.num_train_steps // accum)  # Updates.
   if not counts.size:
@@ -130,5 +133,5 @@ def schedule_change(saved: Mapping, new, start_step: int) -> str | None:
   if not moved.size:
     return None
   i = moved[0]
-  return (f"step {(counts[i] + 1) * accum}: learning rate {before[i]:.4g} in the run,"
-          f" {after[i]:.4g} with this config")
+  return (f"step {(counts[i] + 1) * accum}: learning rate {before[i]:.6g} in the run,"
+          f" {after[i]:.6g} with this config")
