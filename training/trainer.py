@@ -110,18 +110,27 @@ def check_tokenizer(workdir: epath.Path, tokenizer) -> None:
         " --workdir.")
 
 
+def _saved_config(workdir: epath.Path) -> tuple[epath.Path, str | None]:
+  """The run's config.json path and its text (None before the first run)."""
+  path = workdir / layout.CONFIG_FILE
+  return path, path.read_text() if path.exists() else None
+
+
 def restore_or_stop(config, workdir: epath.Path, checkpointer, initial: InitialState,
                     train_iter) -> tuple[steps.TrainState | None, int]:
-  """`Checkpointer.restore_latest`; a mismatch also names the config fields changed."""
+  """`Checkpointer.restore_latest`, then `check_resumed_config`; a mismatch also
+  names the config fields changed."""
   try:
-    return checkpointer.restore_latest(initial.abstract, train_iter)
+    restored, start_step = checkpointer.restore_latest(initial.abstract, train_iter)
   except checkpoints.CheckpointMismatchError as e:
-    saved = workdir / layout.CONFIG_FILE
-    diff = (validate.config_diff(json.loads(saved.read_text()), config)
-            if saved.exists() else [])
+    saved_path, saved = _saved_config(workdir)
+    diff = validate.config_diff(json.loads(saved), config) if saved else []
     raise checkpoints.CheckpointMismatchError(
-        f"{e}\nConfig fields that differ from {saved} (which is unchanged):\n  "
+        f"{e}\nConfig fields that differ from {saved_path} (which is unchanged):\n  "
         + ("\n  ".join(diff) or "none (the code changed the state?)")) from None
+  if restored is not None:
+    check_resumed_config(config, workdir, start_step)
+  return restored, start_step
 
 
 def check_resumed_config(config, workdir: epath.Path, start_step: int) -> list[str]:
@@ -132,10 +141,10 @@ def check_resumed_config(config, workdir: epath.Path, start_step: int) -> list[s
   on: they are logged, and the config.json they replace is kept as
   config.step<start_step>.json.
   """
-  saved_path = workdir / layout.CONFIG_FILE
-  if not saved_path.exists():
+  saved_path, saved_text = _saved_config(workdir)
+  if saved_text is None:
     return []
-  saved = json.loads(saved_path.read_text())
+  saved = json.loads(saved_text)
   changes = validate.config_diff(saved, config)
   if not changes:
     return []
@@ -150,7 +159,7 @@ def check_resumed_config(config, workdir: epath.Path, start_step: int) -> list[s
         " schedule ends at its num_train_steps and cannot be extended.")
   kept = workdir / layout.REPLACED_CONFIG_FILE.format(step=start_step)
   if jax.process_index() == 0:
-    layout.atomic_write(kept, saved_path.read_text())
+    layout.atomic_write(kept, saved_text)
   logging.warning("Resuming at step %d with a changed config (the old one is kept as"
                   " %s):\n  %s", start_step, kept, listed)
   return changes
@@ -295,8 +304,6 @@ def _run(config, workdir: epath.Path, partitioner: Partitioner, sources, tokeniz
   # Before anything is written: a checkpoint that does not fit stops the run here.
   restored, start_step = restore_or_stop(config, workdir, checkpointer, initial,
                                          inputs.train_iter)
-  if restored is not None:
-    check_resumed_config(config, workdir, start_step)
   write_run_info(config, workdir, tokenizer)
   state = initial.state if restored is None else restored
   train_step, eval_step = compile_steps(config, initial, tx, partitioner)
