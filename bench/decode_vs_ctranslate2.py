@@ -5,8 +5,9 @@
 
 One set of random weights (the config's model, float32, `--vocab_size`) runs in our
 decoder (and, with `--ours`, as bfloat16 or int8 variants of it) and, exported by
-`inference.export`, in CTranslate2 with float32 and int8 weights. The protocol is `bench.decode`'s: the same synthetic sources, output forced
-to `--forced_len` tokens with EOS suppressed (CTranslate2: min = max decoding length),
+`inference.export`, in CTranslate2 with float32 and int8 weights. The protocol is
+`bench.decode`'s: the same synthetic sources, output forced to `--forced_len`
+tokens with EOS suppressed (CTranslate2: min = max decoding length),
 pad never emitted, beam `--beam_size`, so every engine does the same decoder steps.
 For each batch size every engine is called once untimed (our compilation), then the
 engines are timed in turn, `--repeats` rounds, the order rotating each round, so

@@ -11,9 +11,9 @@ Search rules, per sentence:
 - Each step expands every live hypothesis by every token except pad (and EOS at
   the first step: no translation is empty, CTranslate2's min_decoding_length=1)
   and keeps the `beam_size` best candidates by log-probability. Candidates ending
-  in EOS, or reaching the sentence's max length, move to the finished set (the `beam_size`
-  best by length-normalised score); the others stay live. So beam 1 is exactly
-  greedy search, whatever `alpha` is.
+  in EOS, or reaching the sentence's max length, move to the finished set (the
+  `beam_size` best by length-normalised score); the others stay live. So beam 1 is
+  exactly greedy search, whatever `alpha` is.
 - Score = sum of log-probabilities / ((5 + length) / 6) ** alpha (GNMT). Length counts
   the EOS token when the hypothesis ends with one; a hypothesis cut at the max length
   has no EOS. `lengths == (tokens != pad_id).sum(-1)`.
