@@ -10,7 +10,8 @@
    train.<target_lang>.json records which teacher and settings made it. Chunks are
    appended to a `.partial` file, so an interrupted run continues where it stopped,
    and a finished file is reused, never one made by another teacher.
-3. The student trains on (source, teacher output) pairs with train.py's
+3. The student trains on (source, teacher output) pairs (with
+   `distill.with_references`, on the original pairs too) with train.py's
    `train_and_score`, which averages its last checkpoints and scores them against the
    dataset's own references (STUDENT/results.json), exactly as train.py does.
 
@@ -265,7 +266,8 @@ def distill(config, workdir: str, teacher: str,
   data_cfg = config.data
   train.train_and_score(config, workdir, train_transform=lambda source: (
       distilled.distilled_source(source, path, count, data_cfg.source_lang,
-                                 data_cfg.target_lang)))
+                                 data_cfg.target_lang,
+                                 config.distill.with_references)))
 
 
 def main(argv):

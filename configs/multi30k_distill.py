@@ -25,6 +25,9 @@ def get_config():
   # Translate and train on only the first N training pairs (-1: all). The pairs after
   # them are NOT used at all (not even with their references): for tests and trials.
   distill.max_train_sentences = -1
+  # Also train on the original (source, reference) pairs: each source then comes twice,
+  # once with the teacher's translation and once with its reference.
+  distill.with_references = False
   # Sentences translated per chunk; each finished chunk is appended to
   # WORKDIR/distill/train.<target_lang>.partial, so a rerun resumes after the last one.
   distill.chunk_sentences = 2000

@@ -44,6 +44,21 @@ def test_distilled_source_replaces_targets_and_drops_the_rest():
   assert list(wrapped) == [wrapped[0], wrapped[1], wrapped[2]]
 
 
+def test_with_references_each_source_comes_once_with_each_target(tmp_path):
+  source = [{"en": f"s{i}".encode(), "fr": f"r{i}".encode()} for i in range(5)]
+  wrapped = distilled.DistilledSource(source, [b"t0", b"t1"], "en", "fr",
+                                      with_references=True)
+  assert list(wrapped) == [{"en": b"s0", "fr": b"t0"}, {"en": b"s1", "fr": b"t1"},
+                           {"en": b"s0", "fr": b"r0"}, {"en": b"s1", "fr": b"r1"}]
+  assert wrapped.__getitems__([3, 0]) == [wrapped[3], wrapped[0]]
+  with pytest.raises(IndexError):
+    wrapped[4]  # pylint: disable=pointless-statement
+  path = tmp_path / "train.fr"
+  path.write_text("t0\nt1\n")
+  read = distilled.distilled_source(source, path, 2, "en", "fr", with_references=True)
+  assert list(read) == list(wrapped)
+
+
 def test_a_targets_file_with_too_few_lines_is_an_error(tmp_path):
   path = tmp_path / "train.fr"
   path.write_text("un\n\ntrois\n")
