@@ -22,6 +22,7 @@ Search rules, per sentence:
   then frozen, so the result does not depend on how long its batch mates run.
 """
 from collections.abc import Callable
+import math
 from typing import Any, NamedTuple
 
 import flax
@@ -37,6 +38,8 @@ Cache = Any  # A pytree with batch * beam rows first in its leaves, or a `reorde
 #                                                       cache)
 StepFn = Callable[[Array, Array, Cache], tuple[Array, Cache]]
 NEG_INF = -jnp.inf
+# Narrower rows (beams, finished sets) take lax.top_k as they are.
+_MIN_BLOCKED_WIDTH = 1024
 
 
 class Decoded(NamedTuple):
@@ -80,19 +83,60 @@ def live_score_bound(alive_logp: Array, length: Array, max_len: Array,
   return jnp.max(alive_logp, axis=1) / largest_penalty
 
 
-def _top_k(x: Array, k: int) -> tuple[Array, Array]:
-  """`lax.top_k` of x [batch, ..., n] over its last axis, on each batch shard.
+def top_k_block_size(n: int, k: int) -> int | None:
+  """Block width of `top_k`'s blocked path over rows of n entries; None: lax.top_k.
 
-  The partitioner does not split XLA's TopK by rows: it would gather the whole
-  candidate array onto every device at every step.
+  The blocked path reads the row once for block maxima, then ranks n / block maxima
+  and k * block candidates: a block of about sqrt(n / k) balances the two. It must
+  divide n; rows narrower than _MIN_BLOCKED_WIDTH, or with no divisor within 2x of
+  that width, take lax.top_k.
   """
+  if n < _MIN_BLOCKED_WIDTH:
+    return None
+  target = math.sqrt(n / k)
+  widths = [d for d in range(max(2, int(target / 2)), int(2 * target) + 1)
+            if n % d == 0 and n // d >= k]
+  return min(widths, key=lambda d: abs(math.log(d / target)), default=None)
+
+
+def _blocked_top_k(x: Array, k: int, block: int) -> tuple[Array, Array]:
+  """Exactly lax.top_k(x, k) over the last axis, ties included, via block maxima.
+
+  Each of the k best entries lies in one of the k blocks with the best maxima (a
+  block outside those has k better entries), so only those k * block entries are
+  ranked. The blocks are gathered in index order, so equal values resolve to the
+  lower index, as in lax.top_k. It reads the row once instead of ranking all of it
+  (bench/decode_trace.py measures both; README, "Decode speed").
+  """
+  *lead, n = x.shape
+  blocks = x.reshape(*lead, n // block, block)
+  _, best = lax.top_k(blocks.max(axis=-1), k)  # [..., k] block indices
+  best = jnp.sort(best, axis=-1)
+  candidates = jnp.take_along_axis(blocks, best[..., None], axis=-2)  # [..., k, block]
+  values, position = lax.top_k(candidates.reshape(*lead, k * block), k)
+  indices = (jnp.take_along_axis(best, position // block, axis=-1) * block
+             + position % block)
+  return values, indices
+
+
+def top_k(x: Array, k: int) -> tuple[Array, Array]:
+  """lax.top_k of x [batch, ..., n] over its last axis, on each batch shard.
+
+  Rows as wide as a vocabulary take `_blocked_top_k` (same result, faster). The
+  partitioner does not split XLA's TopK by rows: it would gather the whole candidate
+  array onto every device at every step, so sharded rows run in a shard_map.
+  """
+  block = top_k_block_size(x.shape[-1], k)
+  if block is None:
+    local = lambda y: tuple(lax.top_k(y, k))
+  else:
+    local = lambda y: _blocked_top_k(y, k, block)
   mesh = jax.sharding.get_abstract_mesh()
   names = ("batch",) + (None,) * (x.ndim - 1)
   spec = None if mesh.empty else logical_to_spec(names, shape=x.shape, mesh=mesh)
   if spec is None or spec[0] is None:
-    return lax.top_k(x, k)
-  return jax.shard_map(lambda y: tuple(lax.top_k(y, k)), mesh=mesh, in_specs=spec,
-                       out_specs=(spec, spec))(x)
+    return local(x)
+  return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=(spec, spec))(x)
 
 
 def _gather_beams(x: Array, idx: Array) -> Array:
@@ -168,11 +212,11 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   # are barred after the first stage, which therefore keeps that many more: masking
   # the logits first would copy all of them every step.
   k = min(beam + 2, vocab)  # Room for the pad and EOS among each row's best.
-  row_logits, row_tokens = _top_k(logits, k)  # [batch, beam, k]
+  row_logits, row_tokens = top_k(logits, k)  # [batch, beam, k]
   is_barred = (row_tokens == pad_id) | ((row_tokens == eos_id) & bar_eos)
   row_logits = jnp.where(is_barred, NEG_INF, row_logits)
   candidates = alive_logp[..., None] + (row_logits - log_norm)
-  top_logp, top_idx = _top_k(candidates.reshape(batch, beam * k), beam)
+  top_logp, top_idx = top_k(candidates.reshape(batch, beam * k), beam)
   token = jnp.take_along_axis(row_tokens.reshape(batch, beam * k), top_idx, axis=1)
   return top_logp, top_idx // k, token
 
@@ -192,7 +236,7 @@ def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
   # Finished set: the beam best of old and new, old first so that ties keep it.
   new_scores = jnp.where(finishing, top_logp / length_penalty(length, alpha), NEG_INF)
   all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
-  finished_scores, keep = _top_k(all_scores, beam)  # [batch, beam]
+  finished_scores, keep = top_k(all_scores, beam)  # [batch, beam]
   all_seqs = jnp.concatenate([state.finished_seqs, seqs], axis=1)
   all_lens = jnp.concatenate(
       [state.finished_lens, jnp.full((batch, beam), length, jnp.int32)], axis=1)

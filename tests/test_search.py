@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from models import search
+from parallel import mesh as mesh_lib
 
 PAD, EOS = 0, 1  # The stub's own ids; the search takes them as arguments.
 VOCAB = 5  # pad, EOS and three words.
@@ -136,3 +137,39 @@ def test_reorder_cache_defers_to_a_cache_that_reorders_itself():
   moved = search.reorder_cache(cache, parent)
   np.testing.assert_array_equal(moved.rows, cache.rows)
   np.testing.assert_array_equal(moved.parents, parent)
+
+
+@pytest.mark.parametrize("vocab", [8000, 1031])  # Blocked, and prime: plain top-k.
+def test_top_k_matches_lax_top_k_including_ties_and_minus_inf(vocab):
+  x = jax.random.normal(jax.random.key(0), (2, 3, vocab))
+  tied = jnp.round(x * 2) / 2  # Many equal values: ties must go to the lower index.
+  tied = tied.at[0, 0, :vocab // 2].set(-jnp.inf)
+  for k in (1, 6):
+    for y in (x, tied, jnp.full_like(x, -jnp.inf)):
+      values, indices = search.top_k(y, k)
+      want_values, want_indices = jax.lax.top_k(y, k)
+      np.testing.assert_array_equal(indices, want_indices)
+      np.testing.assert_array_equal(values, want_values)
+
+
+def test_top_k_of_a_batch_sharded_array_runs_on_each_shard():
+  x = jax.random.normal(jax.random.key(2), (8, 3, 8000))
+  mesh = mesh_lib.create_mesh((4, 2, 1))
+  with jax.set_mesh(mesh):
+    x = jax.device_put(x, jax.NamedSharding(mesh, jax.P(("data", "fsdp"))))
+    values, indices = jax.jit(search.top_k, static_argnums=1)(x, 6)
+  assert indices.sharding.spec[0] == ("data", "fsdp")
+  want_values, want_indices = jax.lax.top_k(np.asarray(x), 6)
+  np.testing.assert_array_equal(indices, want_indices)
+  np.testing.assert_array_equal(values, want_values)
+
+
+def test_wide_vocabulary_search_takes_the_blocked_top_k_and_agrees_with_plain(
+    monkeypatch):
+  vocab = 2048
+  table = jax.random.normal(jax.random.key(1), (vocab, vocab)) * 3
+  assert search.top_k_block_size(vocab, 6) is not None  # The blocked path runs.
+  blocked = run(table, batch=1, beam=4, max_len=6, alpha=0.6, nbest=4)
+  monkeypatch.setattr(search, "top_k_block_size", lambda n, k: None)
+  plain = run(table, batch=1, beam=4, max_len=6, alpha=0.6, nbest=4)
+  assert nbest_lists(blocked) == nbest_lists(plain)
