@@ -108,9 +108,15 @@ def read_lines(path: str) -> list[str]:
   universal newlines would also split on U+2028, U+0085, "\x1c", a lone "\r"...
   inside a sentence and silently misalign the parallel pairs.
   """
-  opener = gzip.open if str(path).endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8", newline="") as f:
-    lines = f.read().split("\n")
+  data = epath.Path(path).read_bytes()  # Through epath: manual_dir may be gs://.
+  if str(path).endswith(".gz"):
+    data = gzip.decompress(data)
+  try:
+    lines = data.decode("utf-8").split("\n")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})."
+                     " Re-encode the file as UTF-8.") from e
   if lines[-1] == "":  # A final newline ends the last line; no extra line.
     lines.pop()
   return [line[:-1] if line.endswith("\r") else line for line in lines]

@@ -6,6 +6,7 @@ etils.epath opens gs:// paths with fsspec's 'gcs' implementation (gcsfs, from th
 written object appears whole when its file is closed.
 """
 import configparser
+import gzip
 import io
 import json
 import types
@@ -17,6 +18,7 @@ from fsspec.registry import known_implementations
 import pytest
 
 from data import datasets
+from data import multi30k
 from data import prepare
 from storage import layout
 from tests.conftest import REPO
@@ -116,6 +118,18 @@ def test_a_manual_dir_on_a_bucket_is_a_directory(bucket, monkeypatch):
   data_cfg.manual_dir = "gs://bucket/elsewhere"
   with pytest.raises(FileNotFoundError, match="is not a directory"):
     datasets.load_sources(data_cfg, ["train"])
+
+
+def test_raw_files_on_a_bucket_are_read_gzipped_or_not(bucket):
+  """The builder reads manual_dir's raw files through epath, as it finds them."""
+  manual_dir = epath.Path("gs://bucket/multi30k")
+  (manual_dir / "train.en.gz").write_bytes(gzip.compress("a b\nc\u2028d\r\n".encode()))
+  (manual_dir / "train.fr").write_text("x\ny\n")
+  assert multi30k.read_lines(str(manual_dir / "train.en.gz")) == ["a b", "c\u2028d"]
+  assert multi30k.read_lines(str(manual_dir / "train.fr")) == ["x", "y"]
+  (manual_dir / "val.en").write_bytes(b"ok\nbad \xff\n")
+  with pytest.raises(ValueError, match=r"val.en:2: not UTF-8 .* Re-encode"):
+    multi30k.read_lines(str(manual_dir / "val.en"))
 
 
 class _NoEvents:
