@@ -2,6 +2,7 @@
 import json
 import time
 
+from absl import logging
 from etils import epath
 import jax
 import matplotlib
@@ -16,10 +17,18 @@ CURVES_FILE = "curves.png"
 
 
 class _LocalLines:
-  """A local file appended to and flushed line by line."""
+  """A local file appended to and flushed line by line.
+
+  A run killed in the middle of a line leaves it without its newline: the next run
+  starts on a new line, so only the cut line is lost (`read_metrics` skips it).
+  """
 
   def __init__(self, path: epath.Path):
+    text = path.read_bytes() if path.exists() else b""
+    cut = text and not text.endswith(b"\n")
     self._file = path.open("a")
+    if cut:
+      self._file.write("\n")
 
   def write(self, line: str):
     self._file.write(line)
@@ -90,10 +99,21 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl; a line that is not JSON (one cut by a kill)
+  is skipped with a warning naming it."""
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line]
+  rows = []
+  for number, line in enumerate(path.read_text().split("\n"), start=1):
+    if not line:
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      logging.warning("%s:%d: skipped, not a JSON line (%s); a run killed while"
+                      " writing it leaves such a line.", path, number, e)
+  return rows
 
 
 def plot_curves(workdir: str) -> epath.Path:
