@@ -6,8 +6,8 @@
       --compute_type=int8 --output=costs.jsonl
   python bench/cost_table.py --table=costs.jsonl     # the markdown table of all rows
 
-A row: the run's averaged checkpoint (else its latest), with --dtype, --quantize and
---beam_size; BLEU (`bleu_lc_tok`, sacreBLEU) and chrF on validation and
+A row: the run's averaged checkpoint (else its latest), with --dtype, --quantize,
+--beam_size and --alpha; BLEU (`bleu_lc_tok`, sacreBLEU) and chrF on validation and
 test_2016_flickr; then decode latency on the first --latency_sentences test
 sentences, in order, in batches of exactly 1, 8 and 32 sentences (a batch is padded
 to its longest sentence's bucket): every batch shape is compiled in a warm-up pass,
@@ -61,6 +61,8 @@ _THREADS = flags.DEFINE_integer("intra_threads", os.cpu_count() or 1, "ctranslat
                                 "threads per batch (default: the cores; at batches 1"
                                 " and 8, 1 thread was faster on 2 cores).")
 _BEAM = flags.DEFINE_integer("beam_size", None, "Default: the run's config.decode.")
+_ALPHA = flags.DEFINE_float("alpha", None, "jax: GNMT length penalty; default: the"
+                            " run's config.decode.")
 _MEASURE = flags.DEFINE_list("measure", ["bleu", "latency"], "bleu, latency or both.")
 _SPLITS = flags.DEFINE_list("splits", ["validation", "test_2016_flickr"], "BLEU splits.")
 _LATENCY_SPLIT = flags.DEFINE_string("latency_split", "test_2016_flickr",
@@ -93,7 +95,8 @@ def float_parameters(workdir: str) -> int:
 
 def jax_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
   """(translate all, translate one batch, row facts) for our beam search."""
-  overrides = {"beam_size": _BEAM.value} if _BEAM.value else {}
+  overrides = {k: v for k, v in (("beam_size", _BEAM.value), ("alpha", _ALPHA.value))
+               if v is not None}
   translator = Translator.from_workdir(
       workdir, checkpoint_dir=ckpt, dtype=_DTYPE.value,
       quantize=None if _QUANTIZE.value == "none" else _QUANTIZE.value,
@@ -112,7 +115,7 @@ def jax_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
       _DTYPE.value or layout.read_config(workdir).model.dtype)
   return translate_all, translate_batch, {
       "engine": "jax", "precision": precision, "step": translator.step,
-      "beam_size": translator.settings.beam_size,
+      "beam_size": translator.settings.beam_size, "alpha": translator.settings.alpha,
       "weight_bytes": quantization.weight_bytes(translator.params)}
 
 
