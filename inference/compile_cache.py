@@ -10,16 +10,17 @@ import os
 import stat
 
 from absl import logging
-import jax
+# No jax import at module level: tests/conftest.py uses `private_dir` to set JAX's
+# cache variables before jax is first imported (it reads them then).
 
 
-def default_dir() -> str:
-  """$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME (or ~/.cache)/nmt-enfr/jax."""
+def default_dir(name: str = "jax") -> str:
+  """$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME (or ~/.cache)/nmt-enfr/NAME."""
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
                                                            ".cache")
-  return os.path.join(base, "nmt-enfr", "jax")
+  return os.path.join(base, "nmt-enfr", name)
 
 
 def private_dir(path: str) -> str | None:
@@ -52,6 +53,7 @@ def enable(path: str | None) -> str | None:
   Call it before the first compilation. Every program is cached, however quickly it
   compiled (the default skips those under a second, e.g. a small model's shapes).
   """
+  import jax  # pylint: disable=g-import-not-at-top
   if path == "":
     return None
   path = private_dir(os.path.expanduser(default_dir() if path is None else path))

@@ -4,9 +4,9 @@ XLA reads this flag once, when the backend starts, so it must be set before any 
 module imports jax.
 """
 import os
-import stat
 
-from absl import logging
+# jax-free: it must not import jax before the variables below are set.
+from inference import compile_cache
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -14,40 +14,11 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def private_cache_dir(path: str | None = None) -> str | None:
-  """A cache directory only this user can write, or None (with a warning).
-
-  JAX loads and runs the compiled programs it finds there, so a predictable shared
-  path (e.g. in /tmp) would let another user plant code; default:
-  $XDG_CACHE_HOME (or ~/.cache)/nmt-enfr/jax-tests, created with mode 0o700.
-  """
-  if path is None:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "nmt-enfr", "jax-tests")
-  try:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.lstat(path)  # lstat: a symlink planted there is refused below.
-  except OSError as e:
-    logging.warning("Cannot create the JAX test cache %s (%s); compiling without a"
-                    " cache. Fix its parent's permissions or set"
-                    " JAX_COMPILATION_CACHE_DIR to a private directory.", path, e)
-    return None
-  if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
-      or info.st_mode & 0o022):
-    logging.warning("JAX test cache %s is not a directory owned by uid %d and"
-                    " writable only by it (mode %o, owner %d); compiling without a"
-                    " cache. Fix: remove it, or chmod 700 it if it is yours.", path,
-                    os.getuid(), stat.S_IMODE(info.st_mode), info.st_uid)
-    return None
-  return path
-
-
 # Compiled programs are cached on disk in a private per-user directory, so tests and
 # the train.py/infer.py subprocesses they start (they inherit the environment)
 # compile an identical step only once.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _CACHE_DIR = private_cache_dir()
+  _CACHE_DIR = compile_cache.private_dir(compile_cache.default_dir("jax-tests"))
   if _CACHE_DIR is not None:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

@@ -11,9 +11,9 @@ import tempfile
 import numpy as np
 import pytest
 
+from inference import compile_cache
 from inference import translate
 from inference.translator import Translator
-from tests import conftest
 from tests.conftest import REPO
 
 
@@ -27,18 +27,18 @@ def test_jax_cache_dir_is_private_to_the_user():
 
 def test_shared_or_foreign_cache_dir_is_not_used(tmp_path):
   fresh = tmp_path / "a" / "cache"
-  assert conftest.private_cache_dir(str(fresh)) == str(fresh)
+  assert compile_cache.private_dir(str(fresh)) == str(fresh)
   assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
   shared = tmp_path / "shared"
   shared.mkdir()
   shared.chmod(0o777)  # World-writable: anyone could plant compiled programs.
-  assert conftest.private_cache_dir(str(shared)) is None
+  assert compile_cache.private_dir(str(shared)) is None
   link = tmp_path / "link"
   link.symlink_to(fresh)
-  assert conftest.private_cache_dir(str(link)) is None
+  assert compile_cache.private_dir(str(link)) is None
   not_dir = tmp_path / "file"
   not_dir.write_text("")
-  assert conftest.private_cache_dir(str(not_dir)) is None
+  assert compile_cache.private_dir(str(not_dir)) is None
 
 
 class _FakeTokenizer:
