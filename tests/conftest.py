@@ -124,3 +124,23 @@ def trained_workdir(prepared, tmp_path_factory):
       checkpoint_every_steps=2,
       eval_every_steps=1000,  # Evaluates at the last step only,
       eval_bleu_sentences=8)  # with BLEU on a few validation sentences.
+
+
+class _NoEvents:
+  """Stands in for tensorboardX's SummaryWriter: no event files (a bucket has none)."""
+
+  def __init__(self, logdir):
+    del logdir
+
+  def add_scalar(self, *args):
+    pass
+
+  def close(self):
+    pass
+
+
+@pytest.fixture
+def no_event_files(monkeypatch):
+  """MetricWriter writes metrics.jsonl only: tests of that file need no TensorBoard."""
+  from training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(metrics_lib, "SummaryWriter", _NoEvents)

@@ -2,25 +2,12 @@
 import json
 
 from absl import logging
+
 from training import metrics as metrics_lib
 
 
-class _NoEvents:
-  """Stands in for tensorboardX's SummaryWriter: only metrics.jsonl is under test."""
-
-  def __init__(self, logdir):
-    del logdir
-
-  def add_scalar(self, *args):
-    pass
-
-  def close(self):
-    pass
-
-
 def test_a_line_cut_by_a_kill_is_skipped_with_a_warning_and_the_resume_is_kept(
-    tmp_path, monkeypatch):
-  monkeypatch.setattr(metrics_lib, "SummaryWriter", _NoEvents)
+    tmp_path, monkeypatch, no_event_files):  # pylint: disable=unused-argument
   path = tmp_path / metrics_lib.METRICS_FILE
   cut = json.dumps({"step": 2, "split": "train", "loss": 1.5})[:20]
   path.write_text(json.dumps({"step": 1, "split": "train", "loss": 2.0}) + "\n" + cut)
