@@ -202,17 +202,21 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   alive_logp [batch, beam]; EOS is not a candidate where `bar_eos` (traced) is true.
   """
   batch, beam, vocab = logits.shape
-  # log p = logits - logsumexp over the whole vocabulary. Pad is never emitted; its
-  # probability mass is dropped, not renormalised, so scores stay sums of the
-  # model's log-probabilities.
-  log_norm = jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [batch, beam, 1]
   # Exact two-stage top-k: the beam best of beam * vocab candidates are among each
   # hypothesis's beam best tokens. Ties resolve as in one top-k over [beam * vocab]
   # (lower parent, then lower token), at a third of its cost. Tokens never emitted
   # are barred after the first stage, which therefore keeps that many more: masking
   # the logits first would copy all of them every step.
   k = min(beam + 2, vocab)  # Room for the pad and EOS among each row's best.
-  row_logits, row_tokens = top_k(logits, k)  # [batch, beam, k]
+  row_logits, row_tokens = top_k(logits, k)  # [batch, beam, k], best first
+  # log p = logits - logsumexp over the whole vocabulary, shifted by the row's best
+  # logit (as jax.nn.logsumexp shifts by the max, which top_k has found; a max over
+  # its k values, not a slice: a second slice of XLA's sort keeps it from becoming
+  # a TopK call). Pad is never emitted; its probability mass is dropped, not
+  # renormalised, so scores stay sums of the model's log-probabilities.
+  shift = jnp.max(row_logits, axis=-1, keepdims=True)  # [batch, beam, 1]
+  shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
+  log_norm = shift + jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1, keepdims=True))
   is_barred = (row_tokens == pad_id) | ((row_tokens == eos_id) & bar_eos)
   row_logits = jnp.where(is_barred, NEG_INF, row_logits)
   candidates = alive_logp[..., None] + (row_logits - log_norm)
