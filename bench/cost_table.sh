@@ -9,19 +9,16 @@ TEACHER=$1 STUDENT=$2 OUT=$3 MEASURE=${4:-bleu,latency}
 PY=${PY:-.venv/bin/python}
 row() { "$PY" bench/cost_table.py --measure="$MEASURE" --output="$OUT" "$@"; }
 row --workdir="$TEACHER" --name="teacher"
-row --workdir="$TEACHER" --name="teacher bf16" --dtype=bfloat16
+row --workdir="$TEACHER" --name="teacher beam 3 alpha 1.0" --beam_size=3 --alpha=1.0
 row --workdir="$TEACHER" --name="teacher int8" --quantize=int8
-row --workdir="$TEACHER" --name="teacher int8 weight-only" --quantize=int8_weights
-row --workdir="$TEACHER" --name="teacher greedy" --beam_size=1
-row --workdir="$TEACHER" --name="teacher CTranslate2 int8" --engine=ctranslate2
 row --workdir="$TEACHER" --name="teacher CTranslate2 int8, 1 thread" --engine=ctranslate2 \
     --intra_threads=1
-row --workdir="$TEACHER" --name="teacher CTranslate2 float32, 1 thread" \
-    --engine=ctranslate2 --compute_type=float32 --intra_threads=1
-row --workdir="$STUDENT" --name="student"
-row --workdir="$STUDENT" --name="student int8" --quantize=int8
+row --workdir="$STUDENT" --name="student beam 4" --beam_size=4 --alpha=0.6
+row --workdir="$STUDENT" --name="student"   # its config: beam 2, alpha 1.0
 row --workdir="$STUDENT" --name="student greedy" --beam_size=1
+row --workdir="$STUDENT" --name="student int8" --quantize=int8
 row --workdir="$STUDENT" --name="student int8 greedy" --quantize=int8 --beam_size=1
-row --workdir="$STUDENT" --name="student CTranslate2 int8" --engine=ctranslate2
 row --workdir="$STUDENT" --name="student CTranslate2 int8, 1 thread" --engine=ctranslate2 \
     --intra_threads=1
+# Earlier rows (README, from the previous session): --dtype=bfloat16,
+# --quantize=int8_weights, --engine=ctranslate2 with the default 2 threads.

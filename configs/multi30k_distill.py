@@ -2,12 +2,12 @@
 
 Run with distill.py (not train.py): the teacher (--teacher, e.g. a finished
 configs/multi30k_best.py run) translates the training sources with its beam search,
-and this student trains on those translations (Kim & Rush, 2016). The student has a
-deep encoder and a one-layer decoder (Kasai et al., 2021): the encoder runs once per
-sentence, the decoder once per output token, so a decoder step runs one block instead
-of default.py's four (its output projection and search cost the same). Everything
-else is default.py except the training budget: 3,000 steps, where validation BLEU
-levels off (docs/distillation.md has the curve).
+and this student trains on those translations and on the references (Kim & Rush,
+2016). The student has a deep encoder and a one-layer decoder (Kasai et al., 2021):
+the encoder runs once per sentence, the decoder once per output token, so a decoder
+step runs one block instead of default.py's four (its output projection and search
+cost the same). Training on both targets, the decode settings and the 3,000 steps
+were chosen on validation (docs/distillation.md); the rest is default.py.
 """
 import ml_collections
 
@@ -20,6 +20,10 @@ def get_config():
   config.model.num_decoder_layers = 1  # Shallow decoder: runs once per output token.
   # ~1.3 s each on a quiet 2-core CPU; the last 5 checkpoints are averaged.
   config.num_train_steps = 3000
+  # Chosen on validation: beam 2 scores as beam 4 (56.03 against 56.04) at half the
+  # hypotheses per step; greedy (--beam_size=1 at inference) scored 55.34.
+  config.decode.beam_size = 2
+  config.decode.alpha = 1.0
 
   config.distill = distill = ml_collections.ConfigDict()
   # Translate and train on only the first N training pairs (-1: all). The pairs after
@@ -27,7 +31,8 @@ def get_config():
   distill.max_train_sentences = -1
   # Also train on the original (source, reference) pairs: each source then comes twice,
   # once with the teacher's translation and once with its reference.
-  distill.with_references = False
+  # Validation BLEU 55.79 with the references against 54.58 without (beam 4, alpha 0.6).
+  distill.with_references = True
   # Sentences translated per chunk; each finished chunk is appended to
   # WORKDIR/distill/train.<target_lang>.partial, so a rerun resumes after the last one.
   distill.chunk_sentences = 2000

@@ -143,9 +143,10 @@ def distilled_run(smoke_config, trained_workdir, tmp_path_factory):
   return config, workdir, seen["train"]
 
 
-def _train_sources(config):
+def _train_pairs(config):
+  """(sources, references) of the first SENTENCES training pairs."""
   source = datasets.load_sources(config.data, ["train"])["train"]
-  return datasets.text_pairs(source, "en", "fr", SENTENCES)[0]
+  return datasets.text_pairs(source, "en", "fr", SENTENCES)
 
 
 @pytest.mark.slow
@@ -156,7 +157,7 @@ def test_the_file_is_the_teachers_translation_of_the_first_sentences(
   lines = path.read_text(encoding="utf-8").split("\n")
   assert lines[-1] == "" and len(lines) - 1 == SENTENCES
   teacher = Translator.from_workdir(str(trained_workdir))
-  expected = [t.text for t in teacher.translate(_train_sources(config))]
+  expected = [t.text for t in teacher.translate(_train_pairs(config)[0])]
   assert lines[:-1] == expected
   record = json.loads((workdir / "distill" / "train.fr.json").read_text())
   assert (record["step"], record["lines"]) == (4, SENTENCES)
@@ -165,14 +166,17 @@ def test_the_file_is_the_teachers_translation_of_the_first_sentences(
 
 
 @pytest.mark.slow
-def test_the_student_trained_on_the_teachers_targets_and_was_scored(
+def test_the_student_trained_on_the_teachers_and_the_reference_targets_and_was_scored(
     distilled_run, trained_workdir):
   config, workdir, source = distilled_run
   teacher_lines = (workdir / "distill" / "train.fr").read_bytes().split(b"\n")
-  sources = _train_sources(config)
-  assert len(source) == SENTENCES
+  sources, references = _train_pairs(config)
+  assert config.distill.with_references  # As configs/multi30k_distill.py has it:
+  assert len(source) == 2 * SENTENCES  # each source with both targets.
   for i in (0, CHUNK, SENTENCES - 1):
     assert source[i] == {"en": sources[i].encode(), "fr": teacher_lines[i]}
+    assert source[SENTENCES + i] == {"en": sources[i].encode(),
+                                     "fr": references[i].encode()}
   assert ((workdir / "spm.model").read_bytes()
           == (trained_workdir / "spm.model").read_bytes())
   assert layout.checkpoint_steps(workdir / "averaged_last2") == [4]
