@@ -1,4 +1,4 @@
-"""BLEU of a finished run over a grid of beam sizes and length penalties, one JSON line each.
+"""BLEU of a finished run over beam sizes and length penalties, one JSON line each.
 
   python bench/decode_sweep.py --workdir=workdir/distill --beam_sizes=1,2,3,4 \
       --alphas=0.6,1.0

@@ -106,7 +106,7 @@ def _blocked_top_k(x: Array, k: int, block: int) -> tuple[Array, Array]:
   block outside those has k better entries), so only those k * block entries are
   ranked. The blocks are gathered in index order, so equal values resolve to the
   lower index, as in lax.top_k. It reads the row once instead of ranking all of it
-  (bench/decode_trace.py measures both; README, "Decode speed").
+  (bench/decode_trace.py measures both; README, "Decode benchmark").
   """
   *lead, n = x.shape
   blocks = x.reshape(*lead, n // block, block)

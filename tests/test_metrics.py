@@ -16,7 +16,8 @@ def test_a_line_cut_by_a_kill_is_skipped_with_a_warning_and_the_resume_is_kept(
   resumed.write(2, "validation", {"loss": 1.6, "bleu": 30.0})
   resumed.close()
   warnings = []
-  monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
+  monkeypatch.setattr(logging, "warning",
+                      lambda msg, *args: warnings.append(msg % args))
   rows = metrics_lib.read_metrics(str(tmp_path))
   assert [(r["step"], r["split"]) for r in rows] == [
       (1, "train"), (2, "train"), (2, "validation")]
