@@ -82,8 +82,8 @@ def checkpoint_dir(workdir: str) -> str | None:
   """The averaged checkpoint a recipe scores (results.json), else None: the latest."""
   if _CHECKPOINT_DIR.value:
     return _CHECKPOINT_DIR.value
-  averaged = sorted(epath.Path(workdir).glob("averaged_last*"))
-  return str(averaged[-1]) if averaged else None
+  averaged = layout.final_average_dir(workdir)
+  return averaged and str(averaged)
 
 
 def float_parameters(workdir: str) -> int:

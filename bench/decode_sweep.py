@@ -30,17 +30,11 @@ _MAX_SENTENCES = flags.DEFINE_integer("max_sentences", -1, "Score the split's fi
                                       " pairs only (-1: all; fewer are for trials).")
 
 
-def scored_checkpoint(workdir: str) -> str | None:
-  """The average the recipe scored (results.json), if the run has one; else None."""
-  averaged = layout.averaged_dir(
-      workdir, layout.read_config(workdir).average_last_checkpoints)
-  return str(averaged) if averaged.exists() else None
-
-
 def main(argv):
   del argv
+  averaged = layout.final_average_dir(_WORKDIR.value)
   translator = Translator.from_workdir(
-      _WORKDIR.value, checkpoint_dir=scored_checkpoint(_WORKDIR.value))
+      _WORKDIR.value, checkpoint_dir=averaged and str(averaged))
   sources, references = evaluate.read_split(_WORKDIR.value, _SPLIT.value)
   if _MAX_SENTENCES.value >= 0:
     sources, references = (sources[:_MAX_SENTENCES.value],

@@ -55,6 +55,12 @@ def averaged_dir(workdir, count: int) -> epath.Path:
   return absolute(workdir) / f"averaged_last{count}"
 
 
+def final_average_dir(workdir) -> epath.Path | None:
+  """The average a finished recipe scored (results.json), or None if it has none."""
+  directory = averaged_dir(workdir, read_config(workdir).average_last_checkpoints)
+  return directory if directory.exists() else None
+
+
 def read_config(workdir) -> ml_collections.ConfigDict:
   """The resolved config that `train.py` wrote to WORKDIR/config.json."""
   path = epath.Path(workdir) / CONFIG_FILE
