@@ -56,6 +56,7 @@ def test_rsqrt_is_unchanged():
 def test_schedule_from_config_decays_over_optimizer_updates():
   config = default.get_config()
   config.schedule = "linear"
+  config.num_train_steps = 1100
   config.grad_accum_steps = 2  # 1100 train steps are 550 updates.
   schedule = optimizer.schedule_from_config(config)
   assert schedule(550) == 0 and schedule(549) > 0
