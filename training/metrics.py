@@ -1,5 +1,6 @@
 """Where metrics go: TensorBoard events (tensorboardX), metrics.jsonl and curves.png."""
 import json
+import os
 import time
 
 from absl import logging
@@ -24,9 +25,12 @@ class _LocalLines:
   """
 
   def __init__(self, path: epath.Path):
-    text = path.read_bytes() if path.exists() else b""
-    cut = text and not text.endswith(b"\n")
     self._file = path.open("a")
+    cut = False
+    if self._file.tell():  # A resumed run: look at the last byte only.
+      with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        cut = f.read(1) != b"\n"
     if cut:
       self._file.write("\n")
 
