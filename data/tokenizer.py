@@ -8,8 +8,8 @@ survive); the only change a round trip makes is that runs of spaces collapse to 
 and leading/trailing spaces are dropped.
 """
 from collections.abc import Iterable, Sequence
+import io
 import os
-import tempfile
 
 from absl import logging
 from etils import epath
@@ -71,23 +71,22 @@ def train(sentences: Iterable[str], model_path: str | os.PathLike, *,
           max_sentences: int = 2_000_000, seed: int = 0) -> Tokenizer:
   """Trains a model on `sentences` and writes it to `model_path` (local or gs://)."""
   spm.set_random_generator_seed(seed)  # Sentence sampling is then reproducible.
-  with tempfile.TemporaryDirectory() as tmp:
-    prefix = os.path.join(tmp, "spm")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=prefix,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=1.0,  # Every seen character gets a piece; unseen ones bytes.
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-        input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
-        num_threads=os.cpu_count() or 1,
-        minloglevel=2,
-    )
-    proto = epath.Path(prefix + ".model").read_bytes()
+  model = io.BytesIO()  # In memory: no temporary path recorded in the model.
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences),
+      model_writer=model,
+      vocab_size=vocab_size,
+      model_type=model_type,
+      character_coverage=1.0,  # Every seen character gets a piece; unseen ones bytes.
+      byte_fallback=True,
+      normalization_rule_name="identity",
+      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+      input_sentence_size=max_sentences,
+      shuffle_input_sentence=True,
+      num_threads=os.cpu_count() or 1,
+      minloglevel=2,
+  )
+  proto = model.getvalue()
   model_path = epath.Path(model_path)
   model_path.parent.mkdir(parents=True, exist_ok=True)
   if "://" in str(model_path):  # Objects in a bucket are written whole.

@@ -44,3 +44,15 @@ def test_second_run_reuses_the_model(prepared):
   assert os.stat(path).st_mtime_ns == mtime
   text = "Une femme en robe rouge."
   assert again.encode(text) == tokenizer.encode(text)
+
+
+def test_training_twice_writes_the_same_bytes(prepared, tmp_path):
+  """Same sentences, same seed: the same file, so run.json's sha256 binds the tokenizer,
+  not the temporary folder it was trained in."""
+  config, _, sources, _ = prepared
+  sentences = [example[lang].decode("utf-8") for example in sources["validation"]
+               for lang in (config.data.source_lang, config.data.target_lang)]
+  paths = [tmp_path / "a" / "spm.model", tmp_path / "b" / "spm.model"]
+  for path in paths:
+    tokenizer_lib.train(sentences, path, vocab_size=500)
+  assert paths[0].read_bytes() == paths[1].read_bytes()
