@@ -26,13 +26,11 @@ class _LocalLines:
 
   def __init__(self, path: epath.Path):
     self._file = path.open("a")
-    cut = False
     if self._file.tell():  # A resumed run: look at the last byte only.
       with path.open("rb") as f:
         f.seek(-1, os.SEEK_END)
-        cut = f.read(1) != b"\n"
-    if cut:
-      self._file.write("\n")
+        if f.read(1) != b"\n":
+          self._file.write("\n")
 
   def write(self, line: str):
     self._file.write(line)
