@@ -65,8 +65,8 @@ def teacher_checkpoint_dir(teacher: str, given: str | None = None) -> str:
                  " (--teacher_checkpoint_dir).", given)
     return given
   config = layout.read_config(teacher)
-  directory = layout.averaged_dir(teacher, config.average_last_checkpoints)
-  steps = layout.checkpoint_steps(directory)
+  directory = layout.final_average_dir(teacher)
+  steps = layout.checkpoint_steps(directory) if directory else []
   what = f"its average of the last {config.average_last_checkpoints} checkpoints"
   if not steps:
     directory = layout.checkpoint_dir(teacher)
