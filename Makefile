@@ -18,14 +18,54 @@ TEACHER ?= workdir/best
 DISTILL_CONFIG ?= configs/multi30k_distill.py
 DISTILL_WORKDIR := $(if $(filter file,$(origin WORKDIR)),workdir/distill,$(WORKDIR))
 
-.PHONY: setup train distill test test-fast clean
+# requirements/lock.txt pins every package, for Python 3.11 on Linux x86-64, at the
+# version all our numbers were measured with; setup installs through it as constraints,
+# so a clone installs the same versions a year from now. It covers the base install and
+# every extra (test, ctranslate2, tensorboard, gcs, tpu, cuda12), so e.g.
+#   .venv/bin/pip install -c requirements/lock.txt -e '.[tpu]'
+# installs the pinned libtpu as well.
+LOCK := requirements/lock.txt
+LOCK_EXTRAS := test ctranslate2 tensorboard gcs tpu cuda12
+# `make lock` regenerates LOCK with uv's pip-compile (uv 0.13.9, installed into
+# build/lock-tool), i.e.
+#   uv pip compile setup.cfg --extra test ... --extra cuda12 --python-version 3.11 \
+#       --python-platform x86_64-manylinux_2_31 -o requirements/lock.txt
+# Run it after changing the requirements in setup.cfg. uv keeps the versions already
+# pinned in LOCK where they still satisfy setup.cfg; UPGRADE=1 lets it move every pin to
+# the newest release in range (then re-measure before committing the new lock). The
+# platform is manylinux_2_31 because libtpu's wheels need glibc 2.31 or newer.
+UV_VERSION := 0.13.9
+LOCK_TOOL := build/lock-tool
+UPGRADE ?=
+
+.PHONY: setup lock lock-check train distill test test-fast clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,ctranslate2]'
+	$(PY) -m pip install -q 'pip==26.3'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test,ctranslate2,tensorboard]'
 	touch $@
+
+lock:
+	test -x $(LOCK_TOOL)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOL) && \
+	    $(LOCK_TOOL)/bin/pip install -q 'uv==$(UV_VERSION)'; }
+	$(LOCK_TOOL)/bin/uv pip compile setup.cfg $(addprefix --extra ,$(LOCK_EXTRAS)) \
+	    --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
+	    $(if $(UPGRADE),--upgrade) -o $(LOCK)
+
+# Fails, naming them, if an installed package is missing from LOCK or differs from its
+# pin there (e.g. a dependency added to setup.cfg without `make lock`).
+NORMALIZE := awk -F'==' '{n = tolower($$1); gsub(/[-_.]+/, "-", n); print n "==" $$2}'
+lock-check: setup
+	@$(PY) -m pip freeze --exclude-editable | grep -v '^#' | $(NORMALIZE) | sort \
+	    > $(VENV)/freeze.txt
+	@grep -E '^[A-Za-z0-9]' $(LOCK) | cut -d' ' -f1 | $(NORMALIZE) | sort > $(VENV)/lock.txt
+	@comm -23 $(VENV)/freeze.txt $(VENV)/lock.txt > $(VENV)/unlocked.txt; \
+	if [ -s $(VENV)/unlocked.txt ]; then \
+	    echo "installed, but not at a version pinned in $(LOCK):"; \
+	    cat $(VENV)/unlocked.txt; exit 1; fi; \
+	echo "all $$(wc -l < $(VENV)/freeze.txt) installed packages are pinned in $(LOCK)"
 
 train: setup
 	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR) $(FLAGS)
@@ -41,4 +81,4 @@ test-fast: setup  # Unit tests only: no train.py/infer.py processes, no model tr
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(LOCK_TOOL) *.egg-info
