@@ -36,10 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from data import tokenizer as tokenizer_lib
 from inference import bleu
+from inference import bucketing
 from inference import evaluate
 from inference import export
 from inference import restore
-from inference import translate
+from inference.decoder import DecodeSettings
 from inference.translator import Translator
 from inference.translator import inference_partitioner
 from models import quantization
@@ -58,17 +59,19 @@ _QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", *quantization.MODES],
 _COMPUTE_TYPE = flags.DEFINE_string("compute_type", "int8", "ctranslate2: its"
                                     " quantization and compute type.")
 _THREADS = flags.DEFINE_integer("intra_threads", os.cpu_count() or 1, "ctranslate2:"
-                                "threads per batch (default: the cores; at batches 1"
-                                " and 8, 1 thread was faster on 2 cores).")
+                                " threads per batch (default: the cores; on 2 cores,"
+                                " 1 thread is faster at batches 1 and 8).")
 _BEAM = flags.DEFINE_integer("beam_size", None, "Default: the run's config.decode.")
 _ALPHA = flags.DEFINE_float("alpha", None, "jax: GNMT length penalty; default: the"
                             " run's config.decode.")
 _MEASURE = flags.DEFINE_list("measure", ["bleu", "latency"], "bleu, latency or both.")
-_SPLITS = flags.DEFINE_list("splits", ["validation", "test_2016_flickr"], "BLEU splits.")
+_SPLITS = flags.DEFINE_list("splits", ["validation", "test_2016_flickr"],
+                            "BLEU splits.")
 _LATENCY_SPLIT = flags.DEFINE_string("latency_split", "test_2016_flickr",
                                      "Split whose first sentences are timed.")
 _SENTENCES = flags.DEFINE_integer("latency_sentences", 256, "Sentences timed.")
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Sentences per batch.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"],
+                                 "Sentences per batch.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes; the median is reported.")
 _OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file too.")
 _TABLE = flags.DEFINE_string("table", None, "Print the markdown table of a JSONL file"
@@ -95,8 +98,7 @@ def float_parameters(workdir: str) -> int:
 
 def jax_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
   """(translate all, translate one batch, row facts) for our beam search."""
-  overrides = {k: v for k, v in (("beam_size", _BEAM.value), ("alpha", _ALPHA.value))
-               if v is not None}
+  overrides = {"beam_size": _BEAM.value, "alpha": _ALPHA.value}  # None: the run's.
   translator = Translator.from_workdir(
       workdir, checkpoint_dir=ckpt, dtype=_DTYPE.value,
       quantize=None if _QUANTIZE.value == "none" else _QUANTIZE.value,
@@ -107,7 +109,7 @@ def jax_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
 
   def translate_batch(texts):
     sources = translator.tokenize(texts)
-    length = translate.bucket(max(len(s.ids) for s in sources))
+    length = bucketing.bucket(max(len(s.ids) for s in sources))
     return [t.text for t in translator.translate_batch(
         sources, length, len(sources), translator.settings, 1)]
 
@@ -123,9 +125,8 @@ def ct2_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
   """The same checkpoint exported to CTranslate2, decoded with its beam search."""
   import ctranslate2  # pylint: disable=g-import-not-at-top
   config = layout.read_config(workdir)
-  settings = translate.DecodeSettings.from_config(config.get("decode"))
-  beam = _BEAM.value or settings.beam_size
-  tokenizer = layout.load_tokenizer(workdir)
+  settings = DecodeSettings.from_config(config.get("decode"), beam_size=_BEAM.value)
+  tokenizer = tokenizer_lib.load_from_workdir(workdir)
   model = restore.restore_params(workdir, inference_partitioner(config),
                                  checkpoint_dir=ckpt)
   directory = tempfile.mkdtemp(prefix="ct2-")
@@ -143,7 +144,8 @@ def ct2_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
     longest = max(len(s) for s in sources) + 1  # EOS, appended by the model.
     limit = min(max_len, math.floor(settings.max_len_a * longest + settings.max_len_b))
     results = engine.translate_batch(
-        sources, beam_size=beam, max_decoding_length=limit, min_decoding_length=1,
+        sources, beam_size=settings.beam_size, max_decoding_length=limit,
+        min_decoding_length=1,
         suppress_sequences=[[pieces[tokenizer_lib.PAD_ID]]])
     return [tokenizer.decode([index[p] for p in r.hypotheses[0]]) for r in results]
 
@@ -154,7 +156,7 @@ def ct2_engine(workdir: str, ckpt: str | None) -> tuple[BatchFn, BatchFn, dict]:
   return translate_all, translate_batch, {
       "engine": f"ctranslate2 {ctranslate2.__version__}",
       "precision": _COMPUTE_TYPE.value, "intra_threads": _THREADS.value,
-      "step": model.step, "beam_size": beam,
+      "step": model.step, "beam_size": settings.beam_size,
       "weight_bytes": sum(os.path.getsize(os.path.join(directory, f))
                           for f in os.listdir(directory))}
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The BLEU-latency table of README "Inference cost": every row, from two finished runs.
+# The BLEU-latency table of the README: every row, from two finished runs.
 #   bash bench/cost_table.sh workdir/best workdir/distill costs.jsonl [bleu|latency]
 # TEACHER: a configs/multi30k_best.py run; STUDENT: its `make distill` student.
 # The optional last argument runs one half (BLEU needs no quiet machine, timings do);
@@ -20,5 +20,5 @@ row --workdir="$STUDENT" --name="student int8" --quantize=int8
 row --workdir="$STUDENT" --name="student int8 greedy" --quantize=int8 --beam_size=1
 row --workdir="$STUDENT" --name="student CTranslate2 int8, 1 thread" --engine=ctranslate2 \
     --intra_threads=1
-# Earlier rows (README, from the previous session): --dtype=bfloat16,
-# --quantize=int8_weights, --engine=ctranslate2 with the default 2 threads.
+# Other settings the table can hold: --dtype=bfloat16, --quantize=int8_weights,
+# --engine=ctranslate2 with the default threads (the cores).

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from bench import decode as decode_bench
 from bench import timing
+from bench.synthetic import synthetic_sources
 from data import tokenizer as tokenizer_lib
+from inference import restore
 from models import decoding
 from models import search
 from models import transformer
@@ -88,13 +89,12 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
   rows, d, vocab = batch * beam, cfg.emb_dim, cfg.vocab_size
   model = nnx.merge(graphdef, params)
   layer_params = nnx.state(model.decoder_layers[0], nnx.Param)
-  inputs = jnp.asarray(decode_bench.synthetic_sources(batch, src_len, vocab))
+  inputs = jnp.asarray(synthetic_sources(batch, src_len, vocab))
   encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
   encoded = encode(params, inputs)
   cross_kv = jax.jit(lambda p, e: nnx.merge(graphdef, p).precompute_cross_kv(e))(
       params, encoded)
   cache = model.init_cache(batch, max_len, beam)
-  cache = cache.replace(index=jnp.asarray(max_len // 2, jnp.int32))
   src_mask = inputs != cfg.pad_id
   y = jax.random.normal(jax.random.key(0), (rows, 1, d), jnp.float32)
   logits = jax.random.normal(jax.random.key(1), (rows, vocab), jnp.float32)
@@ -162,11 +162,10 @@ def profile_batch(graphdef, params, cfg: transformer.TransformerConfig, batch: i
 def random_model() -> tuple[transformer.TransformerConfig, Partitioner, nnx.GraphDef,
                             nnx.State]:
   """The flags' model with random weights, on every local device's batch axis."""
-  cfg = transformer.TransformerConfig.from_config(
-      CONFIG.value.model, vocab_size=VOCAB.value,
-      pad_id=tokenizer_lib.PAD_ID).with_dtype(DTYPE.value)
   partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
-  return (cfg, partitioner) + tuple(partitioner.init_params(cfg.make_model()))
+  model = restore.random_params(CONFIG.value, partitioner, vocab_size=VOCAB.value,
+                                dtype=DTYPE.value)
+  return model.model_config, partitioner, model.graphdef, model.params
 
 
 def main(argv):
@@ -179,7 +178,7 @@ def main(argv):
   for batch in (int(b) for b in BATCH_SIZES.value):
     rows = profile_batch(graphdef, params, cfg, batch, BEAM.value, SRC_LEN.value,
                          MAX_LEN.value, _REPEATS.value)
-    inputs = decode_bench.synthetic_sources(batch, SRC_LEN.value, cfg.vocab_size)
+    inputs = synthetic_sources(batch, SRC_LEN.value, cfg.vocab_size)
     whole = timing.time_calls(lambda: search(
         graphdef, params, inputs, 0.6, 1.5, 10.0, eos_id=tokenizer_lib.EOS_ID,
         beam_size=BEAM.value, max_decode_len=MAX_LEN.value,

@@ -29,10 +29,10 @@ from absl import app  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 
-from bench import decode as decode_bench  # pylint: disable=wrong-import-position
 # Its flags (--config, --batch_sizes, --beam_size, --src_len, --max_decode_len,
 # --vocab_size, --dtype) and random model serve here too.
 from bench import decode_profile  # pylint: disable=wrong-import-position
+from bench.synthetic import synthetic_sources  # pylint: disable=wrong-import-position
 from data import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
 from models import decoding  # pylint: disable=wrong-import-position
 
@@ -106,8 +106,8 @@ def traced_op_ms(trace_dir: str, module: str) -> dict[str, float]:
 def trace_batch(search, graphdef, params, batch: int) -> list[dict]:
   """One row per scope: op ms per decoder step for a search over `batch` sentences."""
   steps = decode_profile.MAX_LEN.value
-  inputs = decode_bench.synthetic_sources(batch, decode_profile.SRC_LEN.value,
-                                          decode_profile.VOCAB.value)
+  inputs = synthetic_sources(batch, decode_profile.SRC_LEN.value,
+                             decode_profile.VOCAB.value)
   kwargs = dict(eos_id=tokenizer_lib.EOS_ID, beam_size=decode_profile.BEAM.value,
                 max_decode_len=steps, forced_len=steps)
   args = (graphdef, params, inputs, 0.6, 1.5, 10.0)

@@ -6,7 +6,7 @@
 One set of random weights (the config's model, float32, `--vocab_size`) runs in our
 decoder (and, with `--ours`, as bfloat16 or int8 variants of it) and, exported by
 `inference.export`, in CTranslate2 with float32 and int8 weights. The protocol is
-`bench.decode`'s: the same synthetic sources, output forced to `--forced_len`
+bench/decode.py's: the same synthetic sources, output forced to `--forced_len`
 tokens with EOS suppressed (CTranslate2: min = max decoding length),
 pad never emitted, beam `--beam_size`, so every engine does the same decoder steps.
 For each batch size every engine is called once untimed (our compilation), then the
@@ -30,9 +30,10 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from bench import decode as decode_bench
+from bench.synthetic import synthetic_sources
 from data import tokenizer as tokenizer_lib
 from inference import export
+from inference import restore
 from models import decoding
 from models import quantization
 from models import transformer
@@ -122,11 +123,10 @@ def _timed(fn: Callable[[], int]) -> tuple[float, int]:
 
 def main(argv):
   del argv
-  model_cfg = transformer.TransformerConfig.from_config(
-      _CONFIG.value.model, vocab_size=_VOCAB.value,
-      pad_id=tokenizer_lib.PAD_ID).with_dtype("float32")
-  partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
-  graphdef, params = partitioner.init_params(model_cfg.make_model(_SEED.value))
+  model = restore.random_params(
+      _CONFIG.value, Partitioner(mesh_lib.create_mesh((-1, 1, 1))),
+      vocab_size=_VOCAB.value, dtype="float32", seed=_SEED.value)
+  model_cfg, graphdef, params = model.model_config, model.graphdef, model.params
   pieces = export.synthetic_vocabulary(_VOCAB.value)
   common = {"src_len": _SRC_LEN.value, "forced_len": _FORCED_LEN.value,
             "beam_size": _BEAM.value, "parameters": transformer.count_params(params),
@@ -148,7 +148,7 @@ def main(argv):
             intra_threads=threads)
 
     for batch in map(int, _BATCH_SIZES.value):
-      inputs = decode_bench.synthetic_sources(batch, _SRC_LEN.value, _VOCAB.value)
+      inputs = synthetic_sources(batch, _SRC_LEN.value, _VOCAB.value)
       engines = {}
       if "ours" in _ENGINES.value:
         engines.update({("ours" if name == "float32" else f"ours-{name}"): _ours(

@@ -1,4 +1,4 @@
-"""Load test of `infer.py --mode=serve`, beside offline translation of the same text.
+"""Load test of `serve.py`, beside offline translation of the same text.
 
   python -m bench.serve_load --workdir=workdir/default --concurrency=1,8,32,128
 
@@ -6,7 +6,7 @@ Sentences: test_2016_flickr's English side ($MULTI30K_DIR/test_2016_flickr.en.gz
 1. Offline: a Translator in this process translates them all in one call (infer.py
    --mode=translate's batching), timed after an untimed call that compiles; then
    `--single` of them one at a time, for one sentence's decode time.
-2. Server: starts `infer.py --mode=serve` on a free 127.0.0.1 port (or uses `--url`),
+2. Server: starts `serve.py` on a free 127.0.0.1 port (or uses `--url`),
    waits for /healthz, then for each concurrency level runs that many clients, each
    sending one sentence per request and the next when answered, until `--requests`
    are answered or `--seconds` have passed. One untimed round first sends every
@@ -105,13 +105,13 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _server():
-  """The base URL of a server: `--url`, or an infer.py --mode=serve started here."""
+  """The base URL of a server: `--url`, or a serve.py started here."""
   if _URL.value:
     yield _URL.value.rstrip("/")
     return
   port = _free_port()
   process = subprocess.Popen(
-      [sys.executable, str(_REPO / "infer.py"), "--mode=serve",
+      [sys.executable, str(_REPO / "serve.py"),
        f"--workdir={os.path.abspath(_WORKDIR.value)}", f"--port={port}",
        *([f"--max_source_len={_MAX_SOURCE_LEN.value}"] if _MAX_SOURCE_LEN.value
          else []), *_SERVER_FLAGS.value],

@@ -10,7 +10,8 @@ x tokens per step (tokens = batch_size x length, each a source and a target posi
 against a square matmul in the model's compute dtype: the fraction of the measured
 matmul peak the step reaches (`mfu`, in wall time; `mfu_cpu_time`, in this process's
 CPU seconds). The steps and the matmul are timed in turn, round after round, so a
-shared machine's load drifts onto all of them alike and their medians compare. Needs only JAX, Flax and optax: no data pipeline, no TFDS.
+shared machine's load drifts onto all of them alike and their medians compare. Needs
+only JAX, Flax and optax: no data pipeline, no TFDS.
 """
 from collections.abc import Callable
 import json
@@ -26,11 +27,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from bench import timing
-from data import tokenizer as tokenizer_lib
 from models import transformer
 from parallel.sharding import Partitioner
-from training import optimizer as optimizer_lib
-from training import trainer
+from training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/transformer_base.py",
                                           "Config whose model and optimizer to time.")
@@ -91,19 +90,16 @@ def main(argv):
   del argv
   config = _CONFIG.value
   partitioner = Partitioner.from_config(config)
-  model_cfg = transformer.TransformerConfig.from_config(
-      config.model, vocab_size=_VOCAB.value, pad_id=tokenizer_lib.PAD_ID)
-  tx = optimizer_lib.create_optimizer(config)
   local = synthetic_batch(_BATCH.value, _LENGTH.value, _VOCAB.value)
   batch = jax.device_put(local, partitioner.batch_sharding())
   calls = {}
   for impl in _IMPLS.value or [config.dropout_rng_impl]:
     impl_config = config.copy_and_resolve_references()
     impl_config.dropout_rng_impl = impl
-    initial = trainer.create_train_state(model_cfg, tx, partitioner, config.seed)
-    train_step, _ = trainer.compile_steps(impl_config, initial, tx, partitioner)
-    calls[impl] = _stepper(train_step, initial.state, batch)
-  params = transformer.count_params(initial.state.params)
+    program = state_lib.build_program(impl_config, _VOCAB.value, partitioner)
+    state = program.init()
+    params = transformer.count_params(state.params)
+    calls[impl] = _stepper(program.train_step, state, batch)
   calls["matmul"] = matmul_call(_MATMUL.value, jnp.dtype(config.model.dtype))
   timings, cpu_s = time_in_turn(calls, _STEPS.value)
   peak = 2 * _MATMUL.value**3 / timings.pop("matmul").median_s

@@ -8,7 +8,9 @@ survive); the only change a round trip makes is that runs of spaces collapse to 
 and leading/trailing spaces are dropped.
 """
 from collections.abc import Iterable, Sequence
+import hashlib
 import io
+import json
 import os
 
 from absl import logging
@@ -16,10 +18,12 @@ from etils import epath
 import numpy as np
 import sentencepiece as spm
 
+from storage import files
+from storage import layout
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
-MODEL_FILENAME = "spm.model"
 
 
 class Tokenizer:
@@ -89,12 +93,8 @@ def train(sentences: Iterable[str], model_path: str | os.PathLike, *,
   proto = model.getvalue()
   model_path = epath.Path(model_path)
   model_path.parent.mkdir(parents=True, exist_ok=True)
-  if "://" in str(model_path):  # Objects in a bucket are written whole.
-    model_path.write_bytes(proto)
-  else:  # A crash mid-write must not leave half a model that later runs would load.
-    tmp = model_path.with_name(f".{model_path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(proto)
-    os.replace(tmp, model_path)
+  # A crash mid-write must not leave half a model that later runs would load.
+  files.atomic_write(model_path, proto)
   logging.info("Trained a %d-piece %s SentencePiece model: %s", vocab_size,
                model_type, model_path)
   return Tokenizer(proto)
@@ -102,8 +102,51 @@ def train(sentences: Iterable[str], model_path: str | os.PathLike, *,
 
 def train_or_load(workdir: str | os.PathLike, sentences_fn, **train_kwargs) -> Tokenizer:
   """Loads `workdir/spm.model`, training it first from `sentences_fn()` if missing."""
-  path = epath.Path(workdir) / MODEL_FILENAME
+  path = epath.Path(workdir) / layout.TOKENIZER_FILE
   if path.exists():
     logging.info("Reusing SentencePiece model %s", path)
     return Tokenizer.load(path)
   return train(sentences_fn(), path, **train_kwargs)
+
+
+def record(model_proto: bytes) -> dict:
+  """What binds checkpoints to a tokenizer: its sha256 and vocabulary size."""
+  return {"sha256": hashlib.sha256(model_proto).hexdigest(),
+          "vocab_size": Tokenizer(model_proto).vocab_size}
+
+
+def bind_to_run(workdir, model_proto: bytes) -> None:
+  """Binds the run to this tokenizer in WORKDIR/run.json (kept if already there)."""
+  run = layout.read_run_record(workdir)
+  if "tokenizer" not in run:
+    run["tokenizer"] = record(model_proto)
+    files.atomic_write(epath.Path(workdir) / layout.RUN_FILE, json.dumps(run, indent=2))
+
+
+def load_from_workdir(workdir) -> Tokenizer:
+  """WORKDIR/spm.model, checked against the tokenizer the run recorded (run.json).
+
+  A missing, unreadable or different spm.model is an error: the checkpoints' token
+  ids mean nothing with another vocabulary.
+  """
+  path = epath.Path(workdir) / layout.TOKENIZER_FILE
+  expected = layout.read_run_record(workdir).get("tokenizer")
+  bound = (f" The run in {workdir} was trained with the tokenizer of sha256"
+           f" {expected['sha256']} ({expected['vocab_size']} pieces): put that"
+           " spm.model back" if expected else f" Put the run's spm.model back in {workdir}")
+  if not path.exists():
+    raise FileNotFoundError(f"{path} is missing.{bound}, or train a new run in a new"
+                            " workdir.")
+  proto = path.read_bytes()
+  try:
+    tokenizer = Tokenizer(proto)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path} is not a readable SentencePiece model ({e}).{bound}."
+                     ) from None
+  if expected:
+    found = record(proto)
+    if found != expected:
+      raise ValueError(f"{path} is not the tokenizer the checkpoints were trained"
+                       f" with: it has sha256 {found['sha256']} and"
+                       f" {found['vocab_size']} pieces.{bound} (or use a new workdir).")
+  return tokenizer

@@ -12,8 +12,9 @@ import jax
 from data import datasets
 from data import tokenizer as tokenizer_lib
 from inference import bleu
+from inference import decoder as decoder_lib
 from inference import restore
-from inference import translate
+from inference import text_io
 from inference.translator import Translator
 from parallel.sharding import Partitioner
 from storage import layout
@@ -28,8 +29,8 @@ def read_split(workdir: str, split: str) -> tuple[list[str], list[str]]:
 
 def read_file_pair(source: str, reference: str) -> tuple[list[str], list[str]]:
   """(sources, references) from two line-aligned files."""
-  sources = translate.read_lines(epath.Path(source).read_bytes(), source)
-  references = translate.read_lines(epath.Path(reference).read_bytes(), reference)
+  sources = text_io.read_lines(epath.Path(source).read_bytes(), source)
+  references = text_io.read_lines(epath.Path(reference).read_bytes(), reference)
   if len(sources) != len(references):
     raise ValueError(f"{source} has {len(sources)} lines but {reference} has"
                      f" {len(references)}; the files must be line-aligned.")
@@ -56,20 +57,20 @@ class BleuEvaluator:
   sources: Sequence[str]
   references: Sequence[str]
   tokenizer: tokenizer_lib.Tokenizer
-  decoder: translate.Decoder
+  decoder: decoder_lib.Decoder
   batch_tokens: int
 
   def __call__(self, graphdef: nnx.GraphDef, params: nnx.State) -> dict[str, float]:
-    translations = translate.translate(
-        self.sources, self.tokenizer, self.decoder.bind(graphdef, params),
-        max_len=self.decoder.max_len, batch_tokens=self.batch_tokens)
+    translator = Translator(graphdef, params, self.tokenizer, self.decoder,
+                            batch_tokens=self.batch_tokens)
+    translations = translator.translate(self.sources)
     scores = bleu.score([t.text for t in translations], self.references)
     return {"bleu": scores["bleu_lc_tok"], "sacrebleu": scores["sacrebleu"],
             "chrf": scores["chrf"]}
 
 
 def evaluate_run(workdir: str, partitioner: Partitioner, *, splits: Sequence[str],
-                 average_last: int, settings: translate.DecodeSettings) -> list[dict]:
+                 average_last: int, settings: decoder_lib.DecodeSettings) -> list[dict]:
   """The end of a recipe: average the last checkpoints, then score each split.
 
   Averages the last `average_last` checkpoints (fewer if the run has fewer; 1 scores

@@ -176,7 +176,7 @@ def build_spec(model: transformer.Transformer, pieces: Sequence[str]):
   spec.config.bos_token = pad  # We have no BOS; nothing adds one (add_source_bos).
   spec.config.decoder_start_token = pad  # Our decoder starts from pad, as T5.
   spec.config.add_source_bos = False
-  spec.config.add_source_eos = True  # Sources are pieces + EOS, as in translate.py.
+  spec.config.add_source_eos = True  # Sources: pieces + EOS (bucketing.tokenize).
   spec.config.layer_norm_epsilon = 1e-6  # nnx.LayerNorm's default.
   spec.validate()
   return spec

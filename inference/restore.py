@@ -2,7 +2,8 @@
 
 Training checkpoints hold `params`, `optimizer` and `data` items (storage/layout.py);
 inference reads the `params` item alone. Checkpoint averaging writes a new checkpoint
-holding only `params`, which the same code restores.
+holding only `params`, which the same code restores. `random_params` makes the same
+kind of model with random weights, for benchmarks and exports without a trained run.
 """
 import dataclasses
 
@@ -16,6 +17,7 @@ from data import tokenizer as tokenizer_lib
 from models import quantization
 from models import transformer
 from parallel.sharding import Partitioner
+from storage import files
 from storage import layout
 
 
@@ -25,7 +27,7 @@ class Restored:
   graphdef: nnx.GraphDef
   params: nnx.State
   model_config: transformer.TransformerConfig
-  step: int
+  step: int | None  # The checkpoint's; None for random weights (`random_params`).
 
 
 def model_config(workdir: str, config=None, tokenizer=None
@@ -36,7 +38,8 @@ def model_config(workdir: str, config=None, tokenizer=None
   again.
   """
   config = layout.read_config(workdir) if config is None else config
-  tokenizer = layout.load_tokenizer(workdir) if tokenizer is None else tokenizer
+  if tokenizer is None:
+    tokenizer = tokenizer_lib.load_from_workdir(workdir)
   return transformer.TransformerConfig.from_config(
       config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer_lib.PAD_ID)
 
@@ -45,7 +48,7 @@ def checkpoint_directory(workdir: str, checkpoint_dir: str | None = None
                          ) -> epath.Path:
   """WORKDIR/checkpoints, or `checkpoint_dir` (e.g. an averaged one) made absolute."""
   return (layout.checkpoint_dir(workdir) if checkpoint_dir is None
-          else layout.absolute(checkpoint_dir))
+          else files.absolute(checkpoint_dir))
 
 
 def choose_step(directory: epath.Path, workdir: str, step: int | None) -> int:
@@ -87,6 +90,21 @@ def restore_params(workdir: str, partitioner: Partitioner, *, step: int | None =
   logging.info("Restored the parameters of step %d from %s%s.", step, directory,
                f", quantized to {quantize}" if quantize else "")
   return Restored(graphdef=graphdef, params=params, model_config=config, step=step)
+
+
+def random_params(config, partitioner: Partitioner, *, vocab_size: int,
+                  dtype: str | None = None, quantize: str | None = None,
+                  seed: int = 0) -> Restored:
+  """Random weights of `config.model` with a `vocab_size` vocabulary, as restored.
+
+  `dtype` and `quantize` as in `restore_params`; `seed` initialises the parameters.
+  """
+  model_cfg = transformer.TransformerConfig.from_config(
+      config.model, vocab_size=vocab_size, pad_id=tokenizer_lib.PAD_ID
+  ).with_dtype(dtype)
+  graphdef, params = quantization.quantize(
+      *partitioner.init_params(model_cfg.make_model(seed)), quantize)
+  return Restored(graphdef=graphdef, params=params, model_config=model_cfg, step=None)
 
 
 def average_checkpoints(workdir: str, partitioner: Partitioner, last_n: int

@@ -5,12 +5,12 @@ one?": for each target token (EOS included) log p(token | source, previous token
 and their sum per sentence. Uses: rescoring n-best lists from elsewhere, filtering a
 parallel corpus, checking a model against a reference decoder token by token.
 
-Pairs are batched like translation (`translate.batches`): by the bucket of the longer
-side, both sides padded to it, so scoring compiles as few shapes as decoding.
+Pairs are batched like translation (`bucketing.group`, in `Translator.score`): by
+the bucket of the longer side, both sides padded to it, so scoring compiles as few
+shapes as decoding.
 """
 from collections.abc import Callable, Sequence
 import dataclasses
-import itertools
 
 from flax import nnx
 import jax
@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import tokenizer as tokenizer_lib
-from inference import translate
+from inference import bucketing
+from inference import decoder as decoder_lib
 from parallel.sharding import Partitioner
 
 # score(inputs [rows, length], targets [rows, length]) -> log-probs [rows, length]
@@ -31,11 +32,11 @@ class Score:
   """One pair's teacher-forced log-probabilities, natural log."""
   score: float  # Sum over the target tokens: log p(target | source).
   ids: tuple[int, ...]  # Target token ids, EOS last.
-  token_scores: tuple[float, ...]  # log p of each id given the source and the ids before.
+  token_scores: tuple[float, ...]  # log p of each id given the source and ids before.
   truncated: bool = False  # A side was cut to the model's limit.
 
   def line(self) -> str:
-    """`score<TAB>token scores`, the --mode=score output line."""
+    """`score<TAB>token scores`, the `infer.py --mode=score` output line."""
     return f"{self.score:.4f}\t" + " ".join(f"{s:.4f}" for s in self.token_scores)
 
 
@@ -71,8 +72,9 @@ class Scorer:
 
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> ScoreFn:
     def score(inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-      out = self._score(graphdef, params, translate.global_batch(self.partitioner, inputs),
-                        translate.global_batch(self.partitioner, targets))
+      out = self._score(graphdef, params,
+                        decoder_lib.global_batch(self.partitioner, inputs),
+                        decoder_lib.global_batch(self.partitioner, targets))
       return multihost_utils.process_allgather(out, tiled=True)
     return score
 
@@ -83,8 +85,8 @@ def tokenize(sources: Sequence[str], targets: Sequence[str], tokenizer, max_len:
   if len(sources) != len(targets):
     raise ValueError(f"{len(sources)} sources but {len(targets)} targets; give one"
                      " target per source.")
-  src = translate.tokenize(sources, tokenizer, max_len, name)
-  tgt = translate.tokenize(targets, tokenizer, max_len, name)
+  src = bucketing.tokenize(sources, tokenizer, max_len, name)
+  tgt = bucketing.tokenize(targets, tokenizer, max_len, name)
   eos = [tokenizer_lib.EOS_ID]  # An empty side is scored as EOS alone.
   return [Pair(s.line, s.ids or eos, t.ids or eos, s.truncated or t.truncated)
           for s, t in zip(src, tgt)]
@@ -93,26 +95,9 @@ def tokenize(sources: Sequence[str], targets: Sequence[str], tokenizer, max_len:
 def score_batch(pairs: Sequence[Pair], length: int, rows: int, score_fn: ScoreFn
                 ) -> list[Score]:
   """Scores `pairs` (all within `length` tokens) as one [rows, length] batch."""
-  log_probs = score_fn(translate.pad_batch([p.source for p in pairs], length, rows),
-                       translate.pad_batch([p.target for p in pairs], length, rows))
+  log_probs = score_fn(bucketing.pad_batch([p.source for p in pairs], length, rows),
+                       bucketing.pad_batch([p.target for p in pairs], length, rows))
   return [Score(float(log_probs[r, :len(p.target)].sum()), tuple(p.target),
                 tuple(float(x) for x in log_probs[r, :len(p.target)]), p.truncated)
           for r, p in enumerate(pairs)]
 
-
-def score(sources: Sequence[str], targets: Sequence[str], tokenizer,
-          score_fn: ScoreFn, *, max_len: int, batch_tokens: int,
-          max_rows: int = translate.MAX_ROWS, name: str = "<input>") -> list[Score]:
-  """One Score per (source, target) pair, in order."""
-  pairs = tokenize(sources, targets, tokenizer, max_len, name)
-  outputs: list[Score | None] = [None] * len(pairs)
-  todo = sorted(pairs, key=lambda p: p.length)
-  for length, group in itertools.groupby(todo, key=lambda p: translate.bucket(p.length)):
-    group = list(group)
-    per_batch = translate.rows_per_batch(length, batch_tokens, max_rows)
-    for start in range(0, len(group), per_batch):
-      take = group[start:start + per_batch]
-      rows = translate.padded_rows(len(take), per_batch)
-      for pair, result in zip(take, score_batch(take, length, rows, score_fn)):
-        outputs[pair.line - 1] = result
-  return outputs

@@ -10,8 +10,8 @@
 Why aiohttp: one dependency (no pydantic, no separate ASGI server), a client for the
 load test in the same package, and the limits we need built in (`client_max_size`
 answers 413; `run_app` turns SIGTERM into a graceful shutdown). The handlers only
-parse, validate and tokenize; sentences go to a `batching.Batcher`, whose device
-batches run in one worker thread.
+parse, validate and tokenize; sentences go to a `dynamic_batching.Batcher`, whose
+device batches run in one worker thread.
 
 Errors are JSON {"error": message}: 400 for a malformed body, 413 for one over
 `max_body_bytes`, 503 with Retry-After while warming up or when the queue is full,
@@ -29,10 +29,11 @@ import time
 from absl import logging
 from aiohttp import web
 
-from inference import batching
+from inference import bucketing
+from inference import dynamic_batching
 from inference import scoring
 from inference import serving_metrics
-from inference import translate
+from inference.translator import Translation
 from inference.translator import Translator
 
 
@@ -59,7 +60,7 @@ def _finite(x: float | None) -> float | None:
   return x if x is not None and math.isfinite(x) else None
 
 
-def _translation_json(t: translate.Translation, nbest: int) -> dict:
+def _translation_json(t: Translation, nbest: int) -> dict:
   out = {"text": t.text, "score": _finite(t.score), "tokens": list(t.ids),
          "truncated": t.truncated}
   if nbest > 1:
@@ -79,25 +80,26 @@ class _State:
   def __init__(self, translator: Translator, config: ServerConfig):
     self.translator, self.config = translator, config
     self.executor = concurrent.futures.ThreadPoolExecutor(1, "decode")
-    self.batcher: batching.Batcher | None = None  # Made on the server's event loop.
+    # Made on the server's event loop.
+    self.batcher: dynamic_batching.Batcher | None = None
     self.metrics = serving_metrics.Metrics(
         lambda: self.batcher.depth if self.batcher else 0)
     self.ready = False
     self.draining = False
 
   def per_batch(self, key) -> int:
-    return translate.rows_per_batch(key[1], self.config.max_batch_tokens)
+    return bucketing.rows_per_batch(key[1], self.config.max_batch_tokens)
 
   @staticmethod
   def fillers(key) -> list:
     """The same options' smaller buckets, nearest first: they pad up to `key`'s."""
     kind, length, *options = key
-    return [(kind, b, *options) for b in reversed(translate.BUCKETS) if b < length]
+    return [(kind, b, *options) for b in reversed(bucketing.BUCKETS) if b < length]
 
   def run(self, key, items: list) -> list:
     """One device batch (in the worker thread): key (kind, bucket, ...options)."""
     kind, length, *options = key
-    rows = translate.padded_rows(len(items), self.per_batch(key))
+    rows = bucketing.padded_rows(len(items), self.per_batch(key))
     start = time.perf_counter()
     if kind == "translate":
       results = self.translator.translate_batch(items, length, rows, *options)
@@ -124,7 +126,7 @@ class _State:
                    else "shutting down", retry_after=5)
     try:
       futures = self.batcher.submit(jobs)
-    except batching.QueueFull as e:
+    except dynamic_batching.QueueFull as e:
       raise _Error(503, f"queue full: {e}", retry_after=1) from None
     try:
       return await asyncio.wait_for(asyncio.gather(*futures),
@@ -189,9 +191,9 @@ async def _translate(request: web.Request) -> web.Response:
     raise _Error(400, str(e)) from None
   sources = state.translator.tokenize(texts)
   todo = [s for s in sources if s.ids]  # Empty lines never reach the model.
-  results = await state.gather([(("translate", translate.bucket(len(s.ids)), settings,
+  results = await state.gather([(("translate", bucketing.bucket(len(s.ids)), settings,
                                   nbest), s) for s in todo])
-  translations = [translate.Translation([])] * len(sources)
+  translations = [Translation([])] * len(sources)
   for source, result in zip(todo, results):
     translations[source.line - 1] = result
   return web.json_response({"translations": [_translation_json(t, nbest)
@@ -208,7 +210,7 @@ async def _score_handler(request: web.Request) -> web.Response:
                  f" {len(targets)}; give one target per source.")
   pairs = scoring.tokenize(sources, targets, state.translator.tokenizer,
                            state.translator.max_len, "<request>")
-  results = await state.gather([(("score", translate.bucket(p.length)), p)
+  results = await state.gather([(("score", bucketing.bucket(p.length)), p)
                                 for p in pairs])
   return web.json_response({"scores": [_score_json(s) for s in results]})
 
@@ -269,7 +271,7 @@ def make_app(translator: Translator, config: ServerConfig = ServerConfig()
 
   async def lifecycle(app):
     loop = asyncio.get_running_loop()
-    state.batcher = batching.Batcher(
+    state.batcher = dynamic_batching.Batcher(
         state.run, state.per_batch, max_wait_s=config.max_batch_wait_ms / 1000,
         max_queue=config.max_queue_sentences, executor=state.executor,
         fillers=state.fillers)

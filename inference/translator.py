@@ -1,4 +1,4 @@
-"""A frozen model ready to translate and score: parameters, tokenizer, compiled programs.
+"""A frozen model ready to translate and score: parameters, tokenizer, programs.
 
   translator = Translator.from_workdir("workdir/default")
   [t.text for t in translator.translate(["A dog runs."], beam_size=5, nbest=2)]
@@ -8,26 +8,88 @@ Decode settings default to the run's `config.decode`; a call may override beam s
 alpha and n-best. Programs are compiled once per (rows, bucket, beam, nbest) and
 reused: alpha is traced, so a new alpha does not recompile. `translate_batch` and
 `score_batch` run one prepared batch, for callers that form their own batches (the
-server); `warmup` compiles every shape such a caller can form.
+server); `warmup` compiles every shape such a caller can form. Results are
+`Translation`s (n-best `Hypothesis` lists) and `scoring.Score`s. Text hygiene lives in
+text_io.py, tokenizing and batch shapes in bucketing.py, the search in decoder.py.
 """
 from collections.abc import Sequence
 import dataclasses
 import functools
 import math
+import sys
 import time
 
 from absl import logging
 from flax import nnx
 import numpy as np
+import tqdm
 
 from data import tokenizer as tokenizer_lib
+from inference import bucketing
+from inference import decoder as decoder_lib
 from inference import restore
 from inference import scoring
-from inference import translate
-from inference.translate import MAX_ROWS, DecodeSettings, Source, Translation
+from inference import text_io
+from inference.bucketing import MAX_ROWS, Source
+from inference.decoder import DecodeSettings
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 from storage import layout
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypothesis:
+  text: str
+  score: float  # Sum of log-probabilities over the length penalty.
+  ids: tuple[int, ...] = ()  # Target token ids, EOS and padding left out.
+
+
+@dataclasses.dataclass(frozen=True)
+class Translation:
+  """One input line's n-best list, best first; empty for an empty line.
+
+  `truncated` says the source was longer than the model's limit and only its first
+  tokens were translated.
+  """
+  nbest: list[Hypothesis]
+  truncated: bool = False
+
+  @property
+  def text(self) -> str:
+    return self.nbest[0].text if self.nbest else ""
+
+  @property
+  def score(self) -> float | None:
+    return self.nbest[0].score if self.nbest else None
+
+  @property
+  def ids(self) -> tuple[int, ...]:
+    return self.nbest[0].ids if self.nbest else ()
+
+  def line(self, nbest: int = 1) -> str:
+    """The output line: the best text, or `hyp1<TAB>score1<TAB>hyp2...` (nbest > 1)."""
+    if nbest == 1:
+      return self.text
+    return "\t".join(f"{h.text}\t{h.score:.4f}" for h in self.nbest)
+
+
+def _ids(row: np.ndarray) -> tuple[int, ...]:
+  """A decoded row's token ids up to EOS, padding left out."""
+  ids = row.tolist()
+  if tokenizer_lib.EOS_ID in ids:
+    ids = ids[:ids.index(tokenizer_lib.EOS_ID)]
+  return tuple(i for i in ids if i != tokenizer_lib.PAD_ID)
+
+
+def hypotheses(tokens: np.ndarray, scores: np.ndarray, tokenizer, count: int
+               ) -> list[list[Hypothesis]]:
+  """The n-best lists of the first `count` rows of a decoded batch.
+
+  tokens [rows, nbest, out_len], scores [rows, nbest]; texts hold no line breakers.
+  """
+  return [[Hypothesis(text_io.one_line(tokenizer.decode(tokens[r, k])),
+                      float(scores[r, k]), _ids(tokens[r, k]))
+           for k in range(tokens.shape[1])] for r in range(count)]
 
 
 def inference_partitioner(config) -> Partitioner:
@@ -41,8 +103,8 @@ class Translator:
   graphdef: nnx.GraphDef
   params: nnx.State
   tokenizer: tokenizer_lib.Tokenizer
-  decoder: translate.Decoder
-  step: int  # The checkpoint step the parameters come from.
+  decoder: decoder_lib.Decoder
+  step: int | None = None  # The checkpoint step of the parameters (None: not one).
   batch_tokens: int = 4096  # Source tokens per batch, padding included.
   max_len: int | None = None  # Tokens a sentence is cut to; default the model's limit.
 
@@ -67,21 +129,21 @@ class Translator:
     (`restore.restore_params`). Reads config.json and spm.model once.
     """
     config = layout.read_config(workdir)
-    # No checkpoint is the likelier mistake: its error, saying how to train, comes first.
+    # No checkpoint is the likelier mistake: its error (how to train) comes first.
     step = restore.choose_step(restore.checkpoint_directory(workdir, checkpoint_dir),
                                workdir, step)
-    tokenizer = layout.load_tokenizer(workdir)
+    tokenizer = tokenizer_lib.load_from_workdir(workdir)
     if partitioner is None:
       partitioner = inference_partitioner(config)
     if settings is None:
-      settings = dataclasses.replace(DecodeSettings.from_config(config.get("decode")),
-                                     **(decode_overrides or {}))
+      settings = DecodeSettings.from_config(config.get("decode"),
+                                            **(decode_overrides or {}))
     model = restore.restore_params(
         workdir, partitioner, step=step, checkpoint_dir=checkpoint_dir, dtype=dtype,
         quantize=quantize,
         stored_config=restore.model_config(workdir, config, tokenizer))
-    decoder = translate.Decoder(partitioner, settings,
-                                max_len=model.model_config.max_len, nbest=nbest)
+    decoder = decoder_lib.Decoder(partitioner, settings,
+                                  max_len=model.model_config.max_len, nbest=nbest)
     return cls(graphdef=model.graphdef, params=model.params, tokenizer=tokenizer,
                decoder=decoder, step=model.step, batch_tokens=batch_tokens,
                max_len=max_len)
@@ -92,7 +154,7 @@ class Translator:
     return self.decoder.settings
 
   @functools.cached_property
-  def _decode(self) -> translate.DecodeFn:
+  def _decode(self) -> decoder_lib.DecodeFn:
     return self.decoder.bind(self.graphdef, self.params)
 
   @functools.cached_property
@@ -129,32 +191,48 @@ class Translator:
     when translating a file in chunks.
     """
     settings, nbest = self.options(beam_size, alpha, nbest)
-    return translate.translate(
-        texts, self.tokenizer, functools.partial(self._decode, settings=settings,
-                                                 nbest=nbest),
-        max_len=self.max_len, batch_tokens=self.batch_tokens, name=name,
-        first_line=first_line, progress=progress)
+    sources = bucketing.tokenize(texts, self.tokenizer, self.max_len, name, first_line)
+    outputs = [Translation([]) for _ in sources]  # Empty lines stay so.
+    work = list(bucketing.batches(sources, self.batch_tokens))
+    for batch, inputs in tqdm.tqdm(work, disable=not progress, file=sys.stderr,
+                                   unit="batch"):
+      for source, translation in zip(batch, self._translations(batch, inputs,
+                                                               settings, nbest)):
+        outputs[source.line - 1] = translation
+    return outputs
 
   def score(self, sources: Sequence[str], targets: Sequence[str], *,
             name: str = "<input>") -> list[scoring.Score]:
-    """Teacher-forced log p(target | source), per sentence and per token, in order."""
-    return scoring.score(sources, targets, self.tokenizer, self._score,
-                         max_len=self.max_len, batch_tokens=self.batch_tokens,
-                         name=name)
+    """Teacher-forced log p(target | source), per sentence and per token, in order.
+
+    Pairs are batched like translation, by the bucket of the longer side.
+    """
+    pairs = scoring.tokenize(sources, targets, self.tokenizer, self.max_len, name)
+    outputs: list[scoring.Score | None] = [None] * len(pairs)
+    for take, length, rows in bucketing.group(pairs, lambda p: p.length,
+                                              self.batch_tokens):
+      for pair, result in zip(take, self.score_batch(take, length, rows)):
+        outputs[pair.line - 1] = result
+    return outputs
+
+  def _translations(self, sources: Sequence[Source], inputs: np.ndarray,
+                    settings: DecodeSettings, nbest: int) -> list[Translation]:
+    """Decodes `inputs`, the padded batch of `sources`; one Translation per source."""
+    tokens, scores = self._decode(inputs, settings=settings, nbest=nbest)
+    return [Translation(h, s.truncated) for s, h in zip(
+        sources, hypotheses(tokens, scores, self.tokenizer, len(sources)))]
 
   # One prepared batch at a time, for callers that form their own batches.
 
   def tokenize(self, texts: Sequence[str], name: str = "<request>") -> list[Source]:
     """Sources as `translate_batch` takes them; cut to `max_len` (`truncated` set)."""
-    return translate.tokenize(texts, self.tokenizer, self.max_len, name)
+    return bucketing.tokenize(texts, self.tokenizer, self.max_len, name)
 
   def translate_batch(self, sources: Sequence[Source], length: int, rows: int,
                       settings: DecodeSettings, nbest: int) -> list[Translation]:
     """Translates non-empty `sources` (within `length` tokens) as one [rows, length]."""
-    inputs = translate.pad_batch([s.ids for s in sources], length, rows)
-    tokens, scores = self._decode(inputs, settings=settings, nbest=nbest)
-    return [Translation(h, s.truncated) for s, h in zip(
-        sources, translate.hypotheses(tokens, scores, self.tokenizer, len(sources)))]
+    inputs = bucketing.pad_batch([s.ids for s in sources], length, rows)
+    return self._translations(sources, inputs, settings, nbest)
 
   def score_batch(self, pairs: Sequence[scoring.Pair], length: int, rows: int
                   ) -> list[scoring.Score]:
@@ -169,14 +247,13 @@ class Translator:
     Returns the number of shapes.
     """
     settings = settings or self.settings
-    shapes = translate.batch_shapes(self.max_len, batch_tokens, max_rows)
+    shapes = bucketing.batch_shapes(self.max_len, batch_tokens, max_rows)
     start = time.perf_counter()
     ids = [tokenizer_lib.UNK_ID, tokenizer_lib.EOS_ID]
     for rows, length in shapes:
-      self._decode(translate.pad_batch([ids] * rows, length, rows), settings=settings,
-                   nbest=nbest)
+      batch = bucketing.pad_batch([ids] * rows, length, rows)
+      self._decode(batch, settings=settings, nbest=nbest)
       if score:
-        batch = translate.pad_batch([ids] * rows, length, rows)
         np.asarray(self._score(batch, batch))
     logging.info("Compiled %d shapes (rows, bucket) in %.1f s: %s", len(shapes),
                  time.perf_counter() - start, shapes)

@@ -1,2 +1,3 @@
 """The network (Flax NNX) and beam search over it; pure math, no I/O."""
-from models.transformer import CrossKV, DecodeCache, Transformer, TransformerConfig
+from models.decode_state import CrossKV, DecodeCache, OutputTable
+from models.transformer import Transformer, TransformerConfig

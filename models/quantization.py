@@ -12,7 +12,6 @@ Two ways to use them:
 Attention scores, softmax, layer norms and embedding lookups stay in floating point.
 Training never sees any of this: `quantize` rewrites a restored model's modules.
 """
-from collections.abc import Sequence
 import math
 
 from flax import nnx
@@ -175,8 +174,3 @@ def weight_bytes(params: nnx.State) -> int:
   """Bytes of every parameter array (int8 weights count one byte each)."""
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
-
-def quantized_layers(params: nnx.State) -> Sequence[str]:
-  """Paths of the int8 arrays in `params`, for logs and tests."""
-  return [jax.tree_util.keystr(path) for path, x in
-          jax.tree_util.tree_leaves_with_path(params) if x.dtype == jnp.int8]

@@ -106,7 +106,7 @@ def _blocked_top_k(x: Array, k: int, block: int) -> tuple[Array, Array]:
   block outside those has k better entries), so only those k * block entries are
   ranked. The blocks are gathered in index order, so equal values resolve to the
   lower index, as in lax.top_k. It reads the row once instead of ranking all of it
-  (bench/decode_trace.py measures both; README, "Decode benchmark").
+  (bench/decode_trace.py measures both).
   """
   *lead, n = x.shape
   blocks = x.reshape(*lead, n // block, block)
@@ -152,7 +152,7 @@ def reorder_cache(cache: Cache, parent: Array) -> Cache:
   """The cache after hypotheses move to their parents [batch, beam].
 
   A cache that defines `reorder(parent)` moves itself (the Transformer's moves only
-  its small ancestry table, see `models.transformer.DecodeCache`). Otherwise every
+  its small ancestry table, see `models.decode_state.DecodeCache`). Otherwise every
   leaf with batch * beam rows is gathered to follow its hypotheses' parents, a copy
   of the whole cache per step. Skipped for beam 1, where the parent is always the row
   itself.

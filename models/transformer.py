@@ -5,20 +5,21 @@ blocks, one shared embedding for source, target and output logits, and increment
 decoding for beam search: cross-attention keys/values are projected once per
 sentence (`precompute_cross_kv`) and self-attention keys/values go into a
 preallocated cache (`init_cache`, `decode_step`) that beam search never copies
-(`DecodeCache`). Caches are plain pytrees so a `lax.while_loop` can carry them.
+(`models/decode_state.py`). Caches are plain pytrees a `lax.while_loop` can carry.
 """
 from collections.abc import Callable
 import dataclasses
 import functools
 from typing import Any
 
-import flax
 from flax import nnx
 import jax
 from jax import lax
 import jax.numpy as jnp
 
 from models import quantization
+from models.decode_state import (KEY_AXES, VALUE_AXES, CrossKV, DecodeCache,
+                                 OutputTable)
 from models.layers import (MlpBlock, MultiHeadAttention, attention_mask, layer_norm,
                            partitioned, position_embedding, shift_right,
                            transpose_keys, update_cache)
@@ -89,73 +90,6 @@ class TransformerConfig:
 def count_params(params: nnx.State) -> int:
   """Number of parameter values in a params state (concrete or abstract)."""
   return sum(x.size for x in jax.tree.leaves(params))
-
-
-KEY_AXES = ("batch", "heads", "kv", "length")  # Logical axes of cached keys...
-VALUE_AXES = ("batch", "heads", "length", "kv")  # ...and values.
-
-
-@flax.struct.dataclass
-class DecodeCache:
-  """Self-attention keys/values of the positions decoded so far, never moved.
-
-  Beam search moves hypotheses between the beam slots of their sentence at every
-  step. Copying every layer's keys/values after them would move the whole cache per
-  step; instead each slot keeps what it wrote, and `slots` records, per hypothesis
-  and position, which slot of the sentence holds its ancestor's entry. Attention
-  reads the sentence's max_decode_len * beam keys once, masked to those ancestors
-  (`ancestor_mask`), and following the beam moves `slots` alone (`reorder`).
-  Key p * beam + s holds position p of slot s: a step writes one block, and
-  attention reads the array as it lies (a reshaped view of a buffer the loop
-  updates in place makes XLA copy it). Keys are kept transposed (`transpose_keys`).
-  """
-  k: tuple[Array, ...]  # per layer [batch, heads, head_dim, max_decode_len * beam]
-  v: tuple[Array, ...]  # per layer [batch, heads, max_decode_len * beam, head_dim]
-  slots: Array  # [batch, beam, max_decode_len] int32: slot holding each ancestor's K/V
-  index: Array  # [] int32: number of positions written
-
-  def reorder(self, parent: Array) -> "DecodeCache":
-    """Hypothesis j of each sentence now continues hypothesis parent [batch, beam][j]."""
-    return self.replace(slots=jnp.take_along_axis(self.slots, parent[..., None], axis=1))
-
-  def ancestor_mask(self, step_index: Array) -> Array:
-    """[batch, 1, beam, max_decode_len * beam] bool: the keys each hypothesis reads.
-
-    Key p * beam + s is visible to hypothesis j when p <= step_index and j's
-    ancestor at position p wrote slot s.
-    """
-    batch, beam, max_len = self.slots.shape
-    written = (jnp.arange(max_len) <= step_index)[:, None]  # [max_len, 1]
-    mask = (self.slots[..., None] == jnp.arange(beam)) & written  # [b, j, p, s]
-    return mask.reshape(batch, 1, beam, max_len * beam)
-
-
-@flax.struct.dataclass
-class OutputTable:
-  """The output projection as decoding reads it: logits = y @ (kernel * scale) + bias."""
-  kernel: Array  # [embed, vocab], float or int8 (models/quantization.py)
-  bias: Array | None  # [vocab], or None for the tied embedding
-  scale: Array | None = None  # [vocab] per-column scale of an int8 kernel
-  # int8 kernels: quantize y per row too and take the int8 x int8 dot.
-  quantize_inputs: bool = flax.struct.field(pytree_node=False, default=False)
-
-  def project(self, y: Array) -> Array:
-    """y [..., embed] -> logits [..., vocab] in y's dtype."""
-    if self.scale is None:
-      logits = jnp.dot(y, self.kernel.astype(y.dtype))
-    else:
-      logits = quantization.int8_dot(y, self.kernel, self.scale,
-                                     quantize_inputs=self.quantize_inputs)
-    if self.bias is not None:
-      logits = logits + self.bias.astype(logits.dtype)
-    return logits.astype(y.dtype)
-
-
-@flax.struct.dataclass
-class CrossKV:
-  """Cross-attention keys/values of the encoded source, computed once per sentence."""
-  k: tuple[Array, ...]  # per decoder layer [batch, heads, head_dim, src_len]
-  v: tuple[Array, ...]  # per decoder layer [batch, heads, src_len, head_dim]
 
 
 def _segments(tokens: Array, segment_ids: Array | None, pad_id: int) -> Array:
@@ -417,8 +351,7 @@ class Transformer(nnx.Module):
     return DecodeCache(k=zeros((batch_size, heads, head_dim, keys), KEY_AXES),
                        v=zeros((batch_size, heads, keys, head_dim), VALUE_AXES),
                        slots=jnp.zeros((batch_size, beam_size, max_decode_len),
-                                       jnp.int32),
-                       index=jnp.zeros((), jnp.int32))
+                                       jnp.int32))
 
   def decode_step(self, token: Array, step_index: Array, cache: DecodeCache,
                   cross_kv: CrossKV, src_mask: Array,
@@ -450,5 +383,4 @@ class Transformer(nnx.Module):
       new_k.append(k)
       new_v.append(v)
     logits = self._logits(y, output_table)[:, 0]  # [rows, vocab]
-    return logits, cache.replace(k=tuple(new_k), v=tuple(new_v),
-                                 index=jnp.asarray(step_index, jnp.int32) + 1)
+    return logits, cache.replace(k=tuple(new_k), v=tuple(new_v))

@@ -125,7 +125,7 @@ def test_wmt14_path_with_mock_data(smoke_config, tmp_path):
 def test_importing_and_reading_never_imports_tensorflow(prepared):
   config, _, _, _ = prepared
   code = (
-      "import sys, train, configs.default, data.pipeline, data.prepare\n"
+      "import sys, train, configs.default, data.pipeline, recipes.prepare\n"
       "from data import datasets\n"
       "from configs import smoke\n"
       "c = smoke.get_config().data\n"

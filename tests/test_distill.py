@@ -8,11 +8,11 @@ import pytest
 from configs import multi30k_distill
 from data import datasets
 from data import distilled
-import distill
 from inference import evaluate
 from inference.translator import Translator
+from recipes import distillation
+from recipes import train_and_score
 from storage import layout
-import train
 from training import validate
 
 SENTENCES = 16  # Training sentences the tiny teacher translates (of 29,000).
@@ -76,23 +76,23 @@ def _record(**changes):
 
 def test_resume_point_reuse_and_refusal_of_another_teachers_file(tmp_path):
   path = tmp_path / "distill" / "train.fr"
-  assert distill.lines_done(path, _record()) == 0  # Starts: writes the record.
+  assert distillation.lines_done(path, _record()) == 0  # Starts: writes the record.
   partial = tmp_path / "distill" / "train.fr.partial"
   partial.write_bytes(b"un\ndeux\ntr")  # Killed in the middle of a line.
-  assert distill.lines_done(path, _record()) == 2
+  assert distillation.lines_done(path, _record()) == 2
   assert partial.read_bytes() == b"un\ndeux\n"  # The cut line is gone.
   partial.rename(path)
   path.write_bytes(b"un\ndeux\ntrois\n")
-  assert distill.lines_done(path, _record(step=5, teacher="/elsewhere")) == 3
+  assert distillation.lines_done(path, _record(step=5, teacher="/elsewhere")) == 3
   # More sentences wanted: the finished file becomes the partial one again.
-  assert distill.lines_done(path, _record(lines_needed=5)) == 3
+  assert distillation.lines_done(path, _record(lines_needed=5)) == 3
   assert partial.exists() and not path.exists()
   with pytest.raises(ValueError, match=r"(?s)another teacher.*params_sha256: 'a' there,"
                      r" 'z' now.*Delete"):
-    distill.lines_done(path, _record(params_sha256="z"))
+    distillation.lines_done(path, _record(params_sha256="z"))
   (tmp_path / "distill" / "train.fr.json").unlink()
   with pytest.raises(ValueError, match="has no .*train.fr.json"):
-    distill.lines_done(path, _record())
+    distillation.lines_done(path, _record())
 
 
 # End to end on a tiny teacher (tests/conftest.py's trained_workdir: 4 smoke steps).
@@ -130,16 +130,16 @@ def distilled_run(smoke_config, trained_workdir, tmp_path_factory):
   config = _student_config(smoke_config)
   workdir = tmp_path_factory.mktemp("student")
   seen = {}
-  run, read_split = train.trainer.run, evaluate.read_split
+  run, read_split = train_and_score.trainer.run, evaluate.read_split
 
   def spy(config, workdir, partitioner, sources, tokenizer, **kwargs):
     seen["train"] = sources["train"]
     return run(config, workdir, partitioner, sources, tokenizer, **kwargs)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train.trainer, "run", spy)
+    patch.setattr(train_and_score.trainer, "run", spy)
     patch.setattr(evaluate, "read_split", lambda workdir, split: tuple(
         texts[:SCORED] for texts in read_split(workdir, split)))
-    distill.distill(config, str(workdir), str(trained_workdir))
+    distillation.distill(config, str(workdir), str(trained_workdir))
   return config, workdir, seen["train"]
 
 
@@ -202,7 +202,7 @@ def test_a_rerun_reuses_or_resumes_the_file_and_another_teacher_is_refused(
     calls.append(len(texts))
     return translate(self, texts, **kwargs)
   monkeypatch.setattr(Translator, "translate", counting)
-  assert distill.translate_train(config, str(workdir), teacher, checkpoints) == (
+  assert distillation.translate_train(config, str(workdir), teacher, checkpoints) == (
       path, SENTENCES)
   assert calls == [] and path.read_bytes() == finished  # Reused, not translated.
 
@@ -210,20 +210,20 @@ def test_a_rerun_reuses_or_resumes_the_file_and_another_teacher_is_refused(
   path.rename(path.with_name("train.fr.partial"))
   path.with_name("train.fr.partial").write_bytes(
       b"\n".join(finished.split(b"\n")[:CHUNK]) + b"\nhalf a li")
-  distill.translate_train(config, str(workdir), teacher, checkpoints)
+  distillation.translate_train(config, str(workdir), teacher, checkpoints)
   assert calls == [SENTENCES - CHUNK] and path.read_bytes() == finished
 
   # Another teacher: the same run's step-2 checkpoint.
   other = tmp_path / "other"
   shutil.copytree(layout.checkpoint_dir(trained_workdir) / "2", other / "2")
   with pytest.raises(ValueError, match=r"(?s)another teacher.*params_sha256"):
-    distill.translate_train(config, str(workdir), teacher, str(other))
+    distillation.translate_train(config, str(workdir), teacher, str(other))
   assert path.read_bytes() == finished
 
 
 @pytest.mark.slow
 def test_teacher_checks(smoke_config, trained_workdir, tmp_path):
-  assert distill.teacher_checkpoint_dir(str(trained_workdir)) == str(
+  assert distillation.teacher_checkpoint_dir(str(trained_workdir)) == str(
       layout.checkpoint_dir(trained_workdir))  # No average: its last checkpoint.
   unfinished = tmp_path / "unfinished"
   shutil.copytree(trained_workdir, unfinished,
@@ -232,13 +232,13 @@ def test_teacher_checks(smoke_config, trained_workdir, tmp_path):
   config["num_train_steps"] = 6
   (unfinished / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match=r"ends at step 4, .* trains to step 6"):
-    distill.teacher_checkpoint_dir(str(unfinished))
+    distillation.teacher_checkpoint_dir(str(unfinished))
   student = tmp_path / "student"
   student.mkdir()
   (student / "spm.model").write_bytes(b"another tokenizer")
   with pytest.raises(ValueError, match="is not the teacher's tokenizer"):
-    distill.copy_tokenizer(str(trained_workdir), str(student))
+    distillation.copy_tokenizer(str(trained_workdir), str(student))
   other_direction = _student_config(smoke_config)
   other_direction.data.source_lang, other_direction.data.target_lang = "fr", "en"
   with pytest.raises(validate.ConfigError, match=r"data\.source_lang: teacher 'en'"):
-    distill.check_teacher(other_direction, str(trained_workdir))
+    distillation.check_teacher(other_direction, str(trained_workdir))

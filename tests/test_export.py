@@ -28,7 +28,6 @@ from models import decoding
 from models import transformer
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
-from storage import layout
 from tests.conftest import REPO
 
 VOCAB = 64
@@ -216,7 +215,7 @@ def test_trained_model_decodes_like_ours(trained_workdir, multi30k_dir, tmp_path
   workdir = str(trained_workdir)
   partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
   model = restore.restore_params(workdir, partitioner)
-  tokenizer = layout.load_tokenizer(workdir)
+  tokenizer = tokenizer_lib.load_from_workdir(workdir)
   pieces = export.vocabulary(tokenizer)
   assert pieces[PAD_ID] == "<pad>" and pieces[EOS_ID] == "</s>"
   directory = tmp_path / "ct2"
@@ -244,18 +243,18 @@ def test_trained_model_decodes_like_ours(trained_workdir, multi30k_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_infer_export_mode_writes_a_model_that_decodes_like_ours(trained_workdir,
-                                                                 tmp_path):
+def test_export_script_writes_a_model_that_decodes_like_ours(trained_workdir,
+                                                             tmp_path):
   directory = tmp_path / "ct2"
   result = subprocess.run(
-      [sys.executable, str(REPO / "infer.py"), "--mode=export", "--format=ctranslate2",
+      [sys.executable, str(REPO / "export.py"), "--format=ctranslate2",
        f"--workdir={trained_workdir}", f"--output={directory}"],
       cwd=REPO, capture_output=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr.decode()[-3000:]
   assert json.loads(result.stdout.decode().splitlines()[-1])["output"] == str(directory)
   partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
   model = restore.restore_params(str(trained_workdir), partitioner)
-  tokenizer = layout.load_tokenizer(str(trained_workdir))
+  tokenizer = tokenizer_lib.load_from_workdir(str(trained_workdir))
   pieces = export.vocabulary(tokenizer)
   sources = [tokenizer.encode(text) + [EOS_ID] for text in (
       "A man in a blue shirt is riding a bike.", "Two dogs play in the snow.")]

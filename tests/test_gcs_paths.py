@@ -19,12 +19,14 @@ import pytest
 
 from data import datasets
 from data import multi30k
-from data import prepare
+from data import tokenizer as tokenizer_lib
+from recipes import prepare
+from storage import files
 from storage import layout
 from tests.conftest import REPO
 from training import lock
 from training import metrics as metrics_lib
-from training import trainer
+from training import run_record
 
 WORKDIR = "gs://bucket/runs/en-fr"
 
@@ -75,7 +77,7 @@ def bucket(monkeypatch, tmp_path):
 def test_layout_keeps_urls_and_writes_through_epath(bucket):
   assert str(layout.checkpoint_dir(WORKDIR)) == f"{WORKDIR}/checkpoints"
   assert str(layout.averaged_dir(WORKDIR, 5)) == f"{WORKDIR}/averaged_last5"
-  layout.atomic_write(epath.Path(WORKDIR) / "notes.txt", "whole")
+  files.atomic_write(epath.Path(WORKDIR) / "notes.txt", "whole")
   assert bucket[f"{WORKDIR}/notes.txt"].getvalue() == b"whole"
   assert layout.read_run_record(WORKDIR) == {}
   assert layout.checkpoint_steps(layout.checkpoint_dir(WORKDIR)) == []
@@ -96,12 +98,12 @@ def test_prepare_and_run_files_on_a_bucket(prepared, bucket):
   (epath.Path(WORKDIR) / layout.TOKENIZER_FILE).write_bytes(
       (tokenizer_dir / layout.TOKENIZER_FILE).read_bytes())
   _, tokenizer = prepare.prepare(config, WORKDIR)
-  trainer.write_run_info(config, epath.Path(WORKDIR), tokenizer)
+  run_record.write_run_info(config, epath.Path(WORKDIR), tokenizer)
   for name in (layout.CONFIG_FILE, layout.RUN_FILE, "run_info.json"):
     assert f"{WORKDIR}/{name}" in bucket
   assert layout.read_config(WORKDIR).model.emb_dim == config.model.emb_dim
-  assert layout.load_tokenizer(WORKDIR).vocab_size == tokenizer.vocab_size
-  trainer.check_tokenizer(epath.Path(WORKDIR), tokenizer)
+  assert tokenizer_lib.load_from_workdir(WORKDIR).vocab_size == tokenizer.vocab_size
+  run_record.check_tokenizer(epath.Path(WORKDIR), tokenizer)
 
 
 def test_a_manual_dir_on_a_bucket_is_a_directory(bucket, monkeypatch):

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from data import datasets
+from inference import decoder as decoder_lib
 from inference import bleu
 from inference import evaluate
+from inference import bucketing
 from inference import restore
-from inference import translate
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 from storage import layout
@@ -68,7 +69,7 @@ def test_recipe_end_averages_what_there_is_and_scores_again(trained_workdir, tmp
   for _ in range(2):  # A rerun rewrites the averaged checkpoint and the scores.
     [result] = evaluate.evaluate_run(
         str(workdir), _partitioner(), splits=["validation"], average_last=3,
-        settings=translate.DecodeSettings(beam_size=1))
+        settings=decoder_lib.DecodeSettings(beam_size=1))
   assert result["averaged_checkpoints"] == 2  # Only checkpoints 2 and 4 exist.
   assert json.loads((workdir / "results.json").read_text()) == [result]
   hypotheses = pathlib.Path(result["hypotheses"]).read_text().split("\n")
@@ -194,10 +195,10 @@ def test_shared_task_bleu_is_lowercased_and_tokenized():
 
 
 def test_batches_keep_every_line_and_few_shapes():
-  sources = [translate.Source(i + 1, [5] * (1 + i % 40)) for i in range(300)]
-  sources.append(translate.Source(301, []))
+  sources = [bucketing.Source(i + 1, [5] * (1 + i % 40)) for i in range(300)]
+  sources.append(bucketing.Source(301, []))
   seen, shapes = [], set()
-  for batch, inputs in translate.batches(sources, batch_tokens=256):
+  for batch, inputs in bucketing.batches(sources, batch_tokens=256):
     assert inputs.shape[0] * inputs.shape[1] <= 256 or inputs.shape[0] == 1
     shapes.add(inputs.shape)
     for row, source in enumerate(batch):

@@ -1,7 +1,9 @@
 """Package layering, read from the source with `ast` (no imports, no jax).
 
-training/ and inference/ never import each other; storage/, models/, parallel/ and
-data/ import neither; inference (and what it pulls in) never needs grain.
+Every import arrow points down `LAYERS`: a package imports its own modules and those
+of lower layers only, never a package of its own layer or above (so training/ and
+inference/ never import each other). The top-level scripts import packages and
+never another script. Inference (and what it pulls in) never needs grain.
 """
 import ast
 import pathlib
@@ -10,7 +12,17 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-LOWER = ("storage", "models", "parallel", "data")
+# Lowest first. A package may import only from the layers below its own.
+LAYERS = (
+    ("storage", "parallel"),  # Files and workdir layout; device mesh and sharding.
+    ("models", "data", "configs"),  # The network and search; datasets, tokenizer.
+    ("training", "inference"),  # The two phases.
+    ("recipes",),  # Whole jobs built from both phases: train and score, distill.
+    ("cli",),  # Flags shared by the scripts.
+    ("bench",),  # Benchmark scripts (python -m bench.NAME) and their helpers.
+)
+LAYER = {package: i for i, layer in enumerate(LAYERS) for package in layer}
+SCRIPTS = tuple(sorted(p.stem for p in REPO.glob("*.py")))
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -92,15 +104,29 @@ def test_parser_sees_every_import_form(tmp_path, monkeypatch):
   assert _roots(imports(module)) >= {"inference", "training", "grain"}
 
 
-@pytest.mark.parametrize("package,forbidden", [
-    ("training", {"inference"}),
-    ("inference", {"training"}),
-    *((p, {"training", "inference"}) for p in LOWER),
-])
-def test_packages_do_not_import_across_layers(package, forbidden):
-  bad = {str(f.relative_to(REPO)): sorted(n for n in imports(f)
-                                          if n.split(".")[0] in forbidden)
-         for f in _files(package)}
+def test_every_project_package_has_a_layer():
+  packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
+  assert packages == set(LAYER)
+  assert {"train", "infer", "distill"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("package", sorted(LAYER))
+def test_no_import_arrow_points_up_or_across(package):
+  """A module imports from its own package and from lower layers only."""
+  bad = {}
+  for f in _files(package):
+    wrong = sorted(n for n in imports(f) if (root := n.split(".")[0]) != package
+                   and ((root in LAYER and LAYER[root] >= LAYER[package])
+                        or root in SCRIPTS))
+    if wrong:
+      bad[str(f.relative_to(REPO))] = wrong
+  assert not bad
+
+
+def test_scripts_import_no_script():
+  bad = {f"{s}.py": sorted(n for n in imports(REPO / f"{s}.py")
+                           if n.split(".")[0] in SCRIPTS)
+         for s in SCRIPTS}
   assert not {f: n for f, n in bad.items() if n}
 
 
@@ -110,18 +136,34 @@ def test_inference_and_storage_do_not_import_grain():
   assert not bad
 
 
+INFERENCE_SCRIPTS = ("infer", "serve", "export", "average")
+
+
 def test_inference_reaches_no_grain_and_no_training_through_other_modules():
-  """Following project imports from inference/, storage/ and infer.py (data.datasets,
-  data.tokenizer, bench, ...) reaches neither grain nor the training package."""
-  modules, external = closure(_files("inference", "storage") + [REPO / "infer.py"])
+  """Following project imports from inference/, storage/ and the inference scripts
+  (into data.datasets, data.tokenizer, models, ...) reaches neither grain nor the
+  training package."""
+  scripts = [REPO / f"{s}.py" for s in INFERENCE_SCRIPTS]
+  modules, external = closure(_files("inference", "storage") + scripts)
   assert "grain" not in _roots(external), external.get("grain")
   assert "training" not in _roots(modules)
-  # The walk did follow project imports into other packages.
-  assert {"data.datasets", "models.decoding", "bench.decode"} <= modules
+  # The walk did follow project imports into other packages and the scripts' flags.
+  assert {"data.datasets", "models.decoding", "cli.inference_flags"} <= modules
 
 
-def test_the_checks_would_see_a_violation():
-  """The training side does reach grain (data.pipeline), so the walk finds it."""
+def test_the_checks_would_see_a_violation(tmp_path, monkeypatch):
+  """The training side does reach grain (data.pipeline), so the walk finds it; an
+  arrow up and a script importing a script are caught."""
   assert "grain" in _roots(imports(REPO / "data" / "pipeline.py"))
   assert "grain" in _roots(closure([REPO / "training" / "trainer.py"])[1])
   assert "inference" in _roots(closure([REPO / "train.py"])[0])
+  monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+  monkeypatch.setattr(sys.modules[__name__], "SCRIPTS", ("train", "distill"))
+  (tmp_path / "storage").mkdir()
+  (tmp_path / "storage" / "layout.py").write_text("from data import tokenizer\n")
+  (tmp_path / "distill.py").write_text("import train\n")
+  (tmp_path / "train.py").write_text("from recipes import train_and_score\n")
+  with pytest.raises(AssertionError):
+    test_no_import_arrow_points_up_or_across("storage")
+  with pytest.raises(AssertionError):
+    test_scripts_import_no_script()

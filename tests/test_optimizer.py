@@ -6,11 +6,10 @@ import pytest
 
 from configs import default
 from configs import smoke
-from models import transformer
 from parallel.sharding import Partitioner
 from training import optimizer
 from training import steps
-from training import trainer
+from training import state as state_lib
 from training import validate
 
 LR, WARMUP, TOTAL = 3e-3, 200, 1100
@@ -111,13 +110,10 @@ def test_packed_draws_are_uniform_on_their_grid(bits):
 
 
 def test_the_config_dropout_rng_impl_and_schedule_reach_the_train_step():
-  """trainer.compile_steps passes both: other masks, other loss; the logged rate."""
+  """state.build_program passes both: other masks, other loss; the logged rate."""
   config = smoke.get_config()
   config.schedule = "linear"
   partitioner = Partitioner.from_config(config, devices=jax.devices()[:1])
-  model_cfg = transformer.TransformerConfig.from_config(config.model, vocab_size=64,
-                                                        pad_id=0)
-  tx = optimizer.create_optimizer(config)
   rng = np.random.default_rng(0)
   ones = np.ones((4, 16), np.int32)
   batch = {"inputs": rng.integers(3, 64, (4, 16), dtype=np.int32),
@@ -128,9 +124,8 @@ def test_the_config_dropout_rng_impl_and_schedule_reach_the_train_step():
   losses = {}
   for impl in ("threefry2x32", "rbg"):
     config.dropout_rng_impl = impl
-    initial = trainer.create_train_state(model_cfg, tx, partitioner, config.seed)
-    train_step, _ = trainer.compile_steps(config, initial, tx, partitioner)
-    state = initial.state
+    program = state_lib.build_program(config, 64, partitioner)
+    train_step, state = program.train_step, program.init()
     for _ in range(config.warmup_steps + 1):
       state, metrics = train_step(state, batch)
     losses[impl] = float(metrics["loss"])

@@ -1,6 +1,6 @@
 """grain pipeline: nothing lost or duplicated, disjoint shards, exact resume, fixed shapes.
 
-Also the statistics of what the training filter drops (data/prepare.py).
+Also the statistics of what the training filter drops (recipes/prepare.py).
 """
 import collections
 import logging
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from data import pipeline
-from data import prepare
 from data import tokenizer as tokenizer_lib
+from recipes import prepare
 
 ROWS, LENGTH = 8, 32
 

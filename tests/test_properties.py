@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from data import pipeline
 from data import tokenizer as tokenizer_lib
-from inference import translate
+from inference import text_io
 from models import search
 
 # 1. Tokenizer round trip.
@@ -57,7 +57,7 @@ def test_read_lines_keeps_line_count(lines, final_newline):
   while not final_newline and lines and lines[-1] == "":
     lines = lines[:-1]
   data = "\n".join(lines) + ("\n" if final_newline else "")
-  texts = translate.read_lines(data.encode("utf-8"), "<test>")
+  texts = text_io.read_lines(data.encode("utf-8"), "<test>")
   assert len(texts) == len(lines)
   # read_lines drops a line's trailing "\r" (CRLF files); nothing else changes.
   assert texts == [line.rstrip("\r") for line in lines]

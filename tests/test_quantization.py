@@ -13,7 +13,7 @@ import pytest
 
 from data import datasets
 from data import tokenizer as tokenizer_lib
-from inference import translate
+from inference import bucketing
 from inference.translator import Translator
 from models import decoding
 from models import quantization
@@ -22,6 +22,12 @@ from tests.conftest import REPO
 from tests.conftest import train_smoke
 
 MODES = quantization.MODES
+
+
+def int8_paths(params: nnx.State) -> list[str]:
+  """Paths of the int8 arrays in `params`."""
+  return [jax.tree_util.keystr(path) for path, x in
+          jax.tree_util.tree_leaves_with_path(params) if x.dtype == jnp.int8]
 
 
 def tiny(share_embeddings: bool = True) -> transformer.TransformerConfig:
@@ -76,7 +82,7 @@ def test_quantized_model_logits_are_close_to_float(mode, share_embeddings):
   assert float(jnp.max(jnp.abs(got - want)) / jnp.std(want)) < 0.1
   # Every dense kernel is int8: 4 per attention, 2 per MLP, and the output table.
   layers = 2 * (4 + 2) + 2 * (4 + 4 + 2) + 1
-  assert len(quantization.quantized_layers(q_params)) == layers
+  assert len(int8_paths(q_params)) == layers
   assert quantization.weight_bytes(q_params) < 0.6 * quantization.weight_bytes(params)
   # The decoder's output table is the int8 one, not a float table rebuilt per call.
   table = nnx.merge(q_graphdef, q_params).output_table()
@@ -124,8 +130,8 @@ def next_token_predictions(translator: Translator, sources, targets) -> np.ndarr
   src = [translator.tokenizer.encode(t) + [tokenizer_lib.EOS_ID] for t in sources]
   tgt = [list(ids) + [tokenizer_lib.EOS_ID] for ids in targets]
   length = max(map(len, src + tgt))
-  inputs = translate.pad_batch(src, length, len(src))
-  target_ids = translate.pad_batch(tgt, length, len(tgt))
+  inputs = bucketing.pad_batch(src, length, len(src))
+  target_ids = bucketing.pad_batch(tgt, length, len(tgt))
   logits = nnx.merge(translator.graphdef, translator.params)(inputs, target_ids)
   return np.asarray(jnp.argmax(logits, -1))[target_ids != tokenizer_lib.PAD_ID]
 
@@ -155,17 +161,17 @@ def test_trained_model_int8_agrees_with_float32(small_trained_workdir, validatio
 
 
 @pytest.mark.slow
-def test_infer_benchmark_and_translate_take_quantize(trained_workdir, tmp_path):
+def test_infer_and_bench_decode_take_quantize(trained_workdir, tmp_path):
   source = tmp_path / "in.en"
   source.write_text("A dog runs.\n\nTwo men talk.\n", encoding="utf-8")
-  run = lambda *flags: subprocess.run(  # pylint: disable=unnecessary-lambda-assignment
-      [sys.executable, "infer.py", f"--workdir={trained_workdir}", "--quantize=int8",
-       "--compilation_cache_dir=", *flags], cwd=REPO, capture_output=True, text=True,
+  run = lambda *args: subprocess.run(  # pylint: disable=unnecessary-lambda-assignment
+      [sys.executable, *args, f"--workdir={trained_workdir}", "--quantize=int8",
+       "--compilation_cache_dir="], cwd=REPO, capture_output=True, text=True,
       check=True)
   out = tmp_path / "out.fr"
-  run("--mode=translate", f"--input={source}", f"--output={out}")
+  run("infer.py", "--mode=translate", f"--input={source}", f"--output={out}")
   assert len(out.read_text(encoding="utf-8").split("\n")) == 4  # 3 lines and the end.
-  bench = run("--mode=benchmark", "--batch_sizes=2", "--repeats=1", "--forced_len=4",
+  bench = run("-m", "bench.decode", "--batch_sizes=2", "--repeats=1", "--forced_len=4",
               "--src_len=4")
   result = json.loads(bench.stdout.strip().splitlines()[-1])
   assert result["quantize"] == "int8" and result["batch_size"] == 2

@@ -9,12 +9,13 @@ import sys
 import pytest
 
 from data import pipeline
-from data import prepare
+from data import tokenizer as tokenizer_lib
 from storage import layout
+from recipes import prepare
 from tests.conftest import Run, train_in
 from training import checkpoints
 from training import lock
-from training import trainer
+from training import run_record
 from training import validate
 
 
@@ -40,7 +41,7 @@ def _run(prepared, **overrides):
 
 def _restore(run, directory):
   return checkpoints.Checkpointer(str(directory), max_to_keep=5).restore_latest(
-      run.initial.abstract, _data_iter(run.prepared))
+      run.program.abstract, _data_iter(run.prepared))
 
 
 def _steps(workdir):
@@ -98,7 +99,7 @@ def test_unreadable_latest_is_moved_aside_and_its_step_saved_again(prepared,
   _save(run, tmp_path, 1, 2)
   _corrupt(tmp_path / "checkpoints/2")
   saver = checkpoints.Checkpointer(str(tmp_path), max_to_keep=5)
-  restored, step = saver.restore_latest(run.initial.abstract, _data_iter(prepared))
+  restored, step = saver.restore_latest(run.program.abstract, _data_iter(prepared))
   assert step == 1 and restored is not None and saver.last_good == 1
   assert [p.name.split(".")[0] for p in (tmp_path / "checkpoints").glob("2.corrupt-*")
           ] == ["2"]
@@ -179,26 +180,26 @@ def _bound_workdir(prepared, tmp_path):
   workdir.mkdir()
   proto = (prepared[1] / "spm.model").read_bytes()
   (workdir / "spm.model").write_bytes(proto)
-  layout.record_tokenizer(workdir, proto)
+  tokenizer_lib.bind_to_run(workdir, proto)
   return workdir
 
 
-def test_load_tokenizer_checks_the_recorded_tokenizer(prepared, tmp_path):
+def test_load_from_workdir_checks_the_recorded_tokenizer(prepared, tmp_path):
   workdir = _bound_workdir(prepared, tmp_path)
   record = json.loads((workdir / "run.json").read_text())["tokenizer"]
   assert record["vocab_size"] == prepared[3].vocab_size
-  assert layout.load_tokenizer(workdir).vocab_size == prepared[3].vocab_size
+  assert tokenizer_lib.load_from_workdir(workdir).vocab_size == prepared[3].vocab_size
   other = tmp_path / "other.json"
   other.write_text(json.dumps({"tokenizer": {**record, "sha256": "0" * 64}}))
   os.replace(other, workdir / "run.json")
   with pytest.raises(ValueError, match="not the tokenizer the checkpoints"):
-    layout.load_tokenizer(workdir)
+    tokenizer_lib.load_from_workdir(workdir)
   (workdir / "spm.model").write_bytes(b"garbage")
   with pytest.raises(ValueError, match="not a readable SentencePiece model"):
-    layout.load_tokenizer(workdir)
+    tokenizer_lib.load_from_workdir(workdir)
   (workdir / "spm.model").unlink()
   with pytest.raises(FileNotFoundError, match="spm.model is missing"):
-    layout.load_tokenizer(workdir)
+    tokenizer_lib.load_from_workdir(workdir)
 
 
 def test_a_bound_run_never_retrains_its_tokenizer(prepared, tmp_path):
@@ -214,7 +215,7 @@ def test_training_refuses_another_tokenizer(prepared, tmp_path):
   record = json.loads((workdir / "run.json").read_text())
   record["tokenizer"]["sha256"] = "0" * 64
   (workdir / "run.json").write_text(json.dumps(record))
-  with pytest.raises(trainer.TokenizerMismatchError, match="sha256 0000"):
+  with pytest.raises(run_record.TokenizerMismatchError, match="sha256 0000"):
     train_in(prepared[0], workdir, prepared)
   assert not (workdir / "config.json").exists()
 
@@ -242,10 +243,10 @@ def test_resume_keeps_the_replaced_config_and_says_what_changed(prepared, tmp_pa
   (tmp_path / "config.json").write_text(old.to_json_best_effort())
   new = old.copy_and_resolve_references()
   new.num_train_steps, new.eval_every_steps = 4, 3
-  changes = trainer.check_resumed_config(new, tmp_path, start_step=2)
+  changes = run_record.check_resumed_config(new, tmp_path, start_step=2)
   assert changes == ["eval_every_steps: 10 -> 3", "num_train_steps: 2 -> 4"]
   assert json.loads((tmp_path / "config.step2.json").read_text())[
       "num_train_steps"] == 2
   new.learning_rate *= 2
   with pytest.raises(validate.ScheduleChangeError, match=r"learning_rate"):
-    trainer.check_resumed_config(new, tmp_path, start_step=2)
+    run_record.check_resumed_config(new, tmp_path, start_step=2)

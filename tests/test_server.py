@@ -22,7 +22,7 @@ import jax
 from prometheus_client import parser
 import pytest
 
-from inference import batching
+from inference import dynamic_batching
 from inference import server
 from inference.translator import Translator
 from tests.conftest import REPO
@@ -43,7 +43,7 @@ def _batcher(batches: list, per_batch=4, max_wait_s=0.05, max_queue=10):
   def run(key, items):
     batches.append((key, list(items)))
     return [2 * x for x in items]
-  return batching.Batcher(run, lambda key: per_batch, max_wait_s=max_wait_s,
+  return dynamic_batching.Batcher(run, lambda key: per_batch, max_wait_s=max_wait_s,
                           max_queue=max_queue,
                           executor=concurrent.futures.ThreadPoolExecutor(1),
                           fillers=lambda key: ["a"] if key == "b" else [])
@@ -65,7 +65,7 @@ def test_batcher_sends_full_batches_at_once_and_others_after_the_wait():
     newer = batcher.submit([("a", 5)])  # Rides in b's batch, in a spare row.
     assert await asyncio.gather(*older, *newer) == [12, 10]
     assert time.monotonic() - start >= 0.3
-    with pytest.raises(batching.QueueFull):  # All or nothing.
+    with pytest.raises(dynamic_batching.QueueFull):  # All or nothing.
       batcher.submit([("a", i) for i in range(11)])
     cancelled = batcher.submit([("d", 1)])
     cancelled[0].cancel()
@@ -304,7 +304,7 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(workdir):
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   process = subprocess.Popen(
-      [sys.executable, str(REPO / "infer.py"), "--mode=serve", f"--workdir={workdir}",
+      [sys.executable, str(REPO / "serve.py"), f"--workdir={workdir}",
        f"--port={port}", f"--max_source_len={MAX_LEN}",
        f"--max_batch_tokens={BATCH_TOKENS}", "--max_batch_wait_ms=30000"],
       cwd=REPO, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -12,7 +12,7 @@ import pytest
 
 from parallel.sharding import Partitioner
 from tests.conftest import REPO
-import train
+from recipes import train_and_score
 from training import signals
 from training import trainer
 
@@ -107,19 +107,19 @@ def test_sigterm_in_the_last_validation_exits_then_a_rerun_scores(
   config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
   config.final_eval_splits = ("validation",)
   workdir = _workdir(prepared, tmp_path / "run")
-  monkeypatch.setattr(train, "validation_bleu", lambda *args: [_SlowBleu()])
+  monkeypatch.setattr(train_and_score, "validation_bleu", lambda *args: [_SlowBleu()])
   scored = []
-  monkeypatch.setattr(train.evaluate, "evaluate_run",
+  monkeypatch.setattr(train_and_score.evaluate, "evaluate_run",
                       lambda *args, **kwargs: scored.append(args) or [])
-  train.train_and_score(config, str(workdir))
+  train_and_score.train_and_score(config, str(workdir))
   assert _entries(workdir) == ["2"]
   assert scored == []
   result = json.loads(capsys.readouterr().out.splitlines()[-1])["final_validation"]
   assert (result["step"], result["interrupted"]) == (2, True)
   assert "Rerun the same command to finish" in caplog.text
   # The rerun has no step left to train: it averages and scores.
-  monkeypatch.setattr(train, "validation_bleu", lambda *args: [])
-  train.train_and_score(config, str(workdir))
+  monkeypatch.setattr(train_and_score, "validation_bleu", lambda *args: [])
+  train_and_score.train_and_score(config, str(workdir))
   assert len(scored) == 1
 
 

@@ -2,6 +2,7 @@
 import os
 
 from data import tokenizer as tokenizer_lib
+from storage import layout
 
 
 def test_round_trip_every_validation_sentence(prepared):
@@ -34,7 +35,7 @@ def test_special_ids_and_decode_stops_at_eos(prepared):
 
 def test_second_run_reuses_the_model(prepared):
   config, workdir, _, tokenizer = prepared
-  path = workdir / tokenizer_lib.MODEL_FILENAME
+  path = workdir / layout.TOKENIZER_FILE
   mtime = os.stat(path).st_mtime_ns
 
   def fail():

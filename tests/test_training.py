@@ -7,9 +7,12 @@ import pytest
 
 import jax.numpy as jnp
 
+from configs import smoke
 from data import pipeline
+from parallel.sharding import Partitioner
 from tests.conftest import Run, train_in
 from training import checkpoints
+from training import state as state_lib
 from training import steps
 from training import trainer
 
@@ -32,6 +35,25 @@ def _batches(prepared, n, source=None):
 
 def _params(state):
   return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+def test_the_program_lowers_without_data_or_arrays():
+  """What a compile-only tool does: the abstract state and a batch of shapes only."""
+  config = smoke.get_config()
+  partitioner = Partitioner.from_config(config)
+  program = state_lib.build_program(config, 1000, partitioner)
+  leaves = jax.tree.leaves(program.abstract)
+  assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+  rows = config.batch_tokens // config.data.max_length
+  batch = {name: jax.ShapeDtypeStruct((rows, config.data.max_length), jnp.int32,
+                                      sharding=partitioner.batch_sharding())
+           for name in ("inputs", "targets", "inputs_segment_ids",
+                        "targets_segment_ids", "inputs_positions",
+                        "targets_positions")}
+  with partitioner.activate():
+    lowered = program.train_step.jitted.lower(program.abstract, batch)
+  # The new state: the shapes, dtypes and shardings it came in with (it is donated).
+  assert jax.tree.leaves(lowered.out_info[0]) == leaves
 
 
 @pytest.mark.parametrize("mesh_shape", [(4, 2, 1), (2, 2, 2)])
@@ -78,7 +100,7 @@ def test_restore_onto_another_mesh_and_continue(prepared, tmp_path):
 
   second = Run(prepared, (8, 1, 1))
   restored, step = checkpoints.Checkpointer(str(tmp_path), max_to_keep=2
-                                            ).restore_latest(second.initial.abstract,
+                                            ).restore_latest(second.program.abstract,
                                                              data_iter)
   assert step == 2 and int(restored.step) == 2
   embedding = restored.params["embed"]["embedding"].value
@@ -98,7 +120,7 @@ def test_unreadable_latest_checkpoint_falls_back(prepared, tmp_path):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b"garbage")
   restored, step = checkpoints.Checkpointer(str(tmp_path), max_to_keep=3
-                                            ).restore_latest(run.initial.abstract,
+                                            ).restore_latest(run.program.abstract,
                                                              data_iter)
   assert step == 1 and restored is not None
 
@@ -160,7 +182,7 @@ def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path,
   run = Run(prepared, (8, 1, 1))
   data_iter = _data_iter(prepared)
   restored, step = checkpoints.Checkpointer(str(workdir), max_to_keep=2
-                                            ).restore_latest(run.initial.abstract,
+                                            ).restore_latest(run.program.abstract,
                                                              data_iter)
   assert step == 5
   assert all(np.isfinite(p).all() for p in _params(restored))

@@ -119,7 +119,6 @@ def test_decode_step_matches_teacher_forcing(model):
 
   cache, logits = run(state, inputs, decoder_input)
   np.testing.assert_allclose(logits, expected, atol=TOL)
-  assert int(cache.index) == 6
   assert cache.v[0].shape == (3, 4, max_decode_len, 8)  # [batch, heads, length, dim]
   assert cache.k[0].shape == (3, 4, 8, max_decode_len)  # Keys transposed.
   assert not np.any(cache.v[0][:, :, 6:]) and np.all(np.any(cache.v[0][:, :, :6],

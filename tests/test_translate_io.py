@@ -11,8 +11,10 @@ import tempfile
 import numpy as np
 import pytest
 
+from inference import bucketing
 from inference import compile_cache
-from inference import translate
+from inference import text_io
+from inference.decoder import DecodeSettings
 from inference.translator import Translator
 from tests.conftest import REPO
 
@@ -63,10 +65,19 @@ def _fake_decode(inputs, nbest=2):
           np.zeros((rows, nbest), np.float32))
 
 
+class _FakeDecoder:
+  """A `Decoder` whose every call answers `_fake_decode`'s n-best rows."""
+  settings, max_len, nbest = DecodeSettings(), 64, 2
+
+  def bind(self, graphdef, params):
+    del graphdef, params
+    return lambda inputs, settings=None, nbest=None: _fake_decode(inputs, nbest)
+
+
 def test_hypotheses_never_hold_newline_carriage_return_or_tab():
-  translations = translate.translate(["A dog.", "", "Two cats run."],
-                                     _FakeTokenizer(), _fake_decode, max_len=64,
-                                     batch_tokens=64)
+  translator = Translator(None, None, _FakeTokenizer(), _FakeDecoder(),
+                          batch_tokens=64)
+  translations = translator.translate(["A dog.", "", "Two cats run."])
   assert [t.text for t in translations] == ["a b c ", "", "a b c "]
   nbest = [t.line(2) for t in translations]
   assert nbest[0].split("\t") == ["a b c ", "0.0000", "a b c ", "0.0000"]
@@ -77,33 +88,33 @@ def test_lines_of_only_bom_or_zero_width_characters_are_empty():
   tokenizer = _FakeTokenizer()
   texts = ["\ufeff", "\u200b\u200c \u200d\u2060", " \ufeff\t", "\ufeffA dog.\u200b",
            "a\u200db"]
-  sources = translate.tokenize(texts, tokenizer, max_len=64, name="x")
+  sources = bucketing.tokenize(texts, tokenizer, max_len=64, name="x")
   assert [s.ids for s in sources[:3]] == [[], [], []]
   assert all(s.ids for s in sources[3:])
   assert tokenizer.encoded == ["A dog.", "a\u200db"]  # Inner zero-width kept.
 
 
 def test_batch_rows_are_capped_whatever_the_token_budget():
-  sources = [translate.Source(i + 1, [5] * 3) for i in range(1010)]
+  sources = [bucketing.Source(i + 1, [5] * 3) for i in range(1010)]
   shapes, seen = [], []
-  for batch, inputs in translate.batches(sources, batch_tokens=10**6):
-    assert inputs.shape[0] <= translate.MAX_ROWS == 256
+  for batch, inputs in bucketing.batches(sources, batch_tokens=10**6):
+    assert inputs.shape[0] <= bucketing.MAX_ROWS == 256
     shapes.append(inputs.shape)
     seen += [s.line for s in batch]
   assert sorted(seen) == list(range(1, 1011))
   shapes = [inputs.shape for _, inputs in
-            translate.batches(sources, batch_tokens=10**6, max_rows=100)]
+            bucketing.batches(sources, batch_tokens=10**6, max_rows=100)]
   assert shapes == [(100, 8)] * 10 + [(16, 8)]  # The last: 10 rows padded to 16.
 
 
 def test_output_path_is_checked(tmp_path):
-  translate.check_output_path("-")
-  translate.check_output_path(str(tmp_path / "out.txt"))
+  text_io.check_output_path("-")
+  text_io.check_output_path(str(tmp_path / "out.txt"))
   missing = tmp_path / "missing" / "out.txt"
   with pytest.raises(ValueError, match=f"{missing}.*does not exist"):
-    translate.check_output_path(str(missing))
+    text_io.check_output_path(str(missing))
   with pytest.raises(ValueError, match=f"{tmp_path} is a directory"):
-    translate.check_output_path(str(tmp_path))
+    text_io.check_output_path(str(tmp_path))
 
 
 def _infer(*args, stdin=b"", env=None, code=None):
@@ -131,7 +142,7 @@ import os
 import sys
 from absl import app
 import infer
-from inference.translate import Hypothesis, Translation
+from inference.translator import Hypothesis, Translation
 
 class FakeTranslator:
   calls = 0
@@ -197,11 +208,11 @@ def test_trained_model_translates_each_line_as_alone(trained_workdir):
 
 def test_read_chunks_gives_the_lines_of_read_lines():
   data = "a\n\nb\r\nc\u2028d\n\ne".encode() + b"\xff\nlast"
-  whole = translate.read_lines(data, "x")
-  chunks = list(translate.read_chunks(io.BytesIO(data), 3, "x"))
+  whole = text_io.read_lines(data, "x")
+  chunks = list(text_io.read_chunks(io.BytesIO(data), 3, "x"))
   assert [first for first, _ in chunks] == [1, 4, 7]
   assert [text for _, texts in chunks for text in texts] == whole
-  assert len(whole) == 7 and list(translate.read_chunks(io.BytesIO(b""), 3, "x")) == []
+  assert len(whole) == 7 and list(text_io.read_chunks(io.BytesIO(b""), 3, "x")) == []
 
 
 @pytest.mark.slow

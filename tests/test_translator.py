@@ -9,8 +9,8 @@ import pytest
 
 from data import tokenizer as tokenizer_lib
 from inference import compile_cache
+from inference import bucketing
 from inference import scoring
-from inference import translate
 from inference.translator import Translator
 from inference.translator import inference_partitioner
 from models import transformer
@@ -26,7 +26,7 @@ def random_workdir(prepared, workdir: pathlib.Path) -> pathlib.Path:
   proto = (prepared_dir / "spm.model").read_bytes()
   (workdir / "spm.model").write_bytes(proto)
   layout.write_config(workdir, config)
-  layout.record_tokenizer(workdir, proto)
+  tokenizer_lib.bind_to_run(workdir, proto)
   model_cfg = transformer.TransformerConfig.from_config(
       config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer_lib.PAD_ID)
   _, params = inference_partitioner(config).init_params(model_cfg.make_model())
@@ -46,12 +46,12 @@ def translator(workdir):
 
 def test_from_workdir_reads_config_and_tokenizer_once(workdir, monkeypatch):
   calls = []
-  for name in ("read_config", "load_tokenizer"):
-    original = getattr(layout, name)
-    monkeypatch.setattr(layout, name, lambda *a, _f=original, _n=name, **k: (
+  for module, name in ((layout, "read_config"), (tokenizer_lib, "load_from_workdir")):
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: (
         calls.append(_n), _f(*a, **k))[1])
   translator = Translator.from_workdir(str(workdir), decode_overrides={"beam_size": 2})
-  assert sorted(calls) == ["load_tokenizer", "read_config"]
+  assert sorted(calls) == ["load_from_workdir", "read_config"]
   assert translator.settings.beam_size == 2 and translator.max_len == 256
 
 
@@ -86,7 +86,7 @@ def test_score_of_the_greedy_output_is_its_search_score(translator):
   sources = [s.ids for s in translator.tokenize(texts)]
   pairs = [scoring.Pair(i, src, list(r.ids) + [tokenizer_lib.EOS_ID])
            for i, (src, r) in enumerate(zip(sources, results), 1)]
-  length = translate.bucket(max(p.length for p in pairs))
+  length = bucketing.bucket(max(p.length for p in pairs))
   scores = translator.score_batch(pairs, length, len(pairs))
   for score, result in zip(scores, results):
     with_eos, without = score.score, sum(score.token_scores[:-1])

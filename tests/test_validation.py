@@ -6,7 +6,7 @@ from configs import multi30k_best
 from configs import smoke
 from configs import transformer_base
 from configs import transformer_big
-from data import prepare
+from recipes import prepare
 from training import validate
 
 

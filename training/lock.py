@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from parallel import processes
-from storage import layout
+from storage import files
 
 LOCK_FILE = "train.lock"
 
@@ -55,7 +55,7 @@ def _is_stale(holder: dict | None) -> bool:
 
 def _create(path: epath.Path, content: str) -> bool:
   """Creates `path` holding `content` unless it exists; True if this call made it."""
-  if layout.is_remote(path):  # No atomic create on a bucket: best effort.
+  if files.is_remote(path):  # No atomic create on a bucket: best effort.
     if path.exists():
       return False
     path.write_text(content)

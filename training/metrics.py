@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # Headless: files only.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from storage import files
 from storage import layout  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METRICS_FILE = "metrics.jsonl"
@@ -61,7 +62,7 @@ class _RemoteLines:
       self._upload()
 
   def _upload(self):
-    layout.atomic_write(self._path, "".join(self._lines))
+    files.atomic_write(self._path, "".join(self._lines))
     self._uploaded, self._pending = time.monotonic(), False
 
   def close(self):
@@ -82,7 +83,7 @@ class MetricWriter:
     if self._active:
       self._tb = SummaryWriter(str(self._workdir / "tensorboard"))
       path = self._workdir / METRICS_FILE
-      self._jsonl = (_RemoteLines(path, upload_every_secs) if layout.is_remote(path)
+      self._jsonl = (_RemoteLines(path, upload_every_secs) if files.is_remote(path)
                      else _LocalLines(path))
 
   def write(self, step: int, split: str, scalars: dict[str, float]):

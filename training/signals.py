@@ -18,10 +18,10 @@ class EvaluationInterrupted(Exception):
 class Sigterm:
   """Remembers a SIGTERM so the loop can checkpoint the current step and stop.
 
-  Installed around all of `trainer.run` (a context manager; at exit the previous
-  handler comes back). An evaluation (a validation BLEU pass can take minutes) is
-  abandoned instead of awaited: inside `interruptible()` the handler raises
-  `EvaluationInterrupted`, which Python delivers once the running device call
+  Installed while a `trainer.Trainer` is entered (a context manager; at exit the
+  previous handler comes back). An evaluation (a validation BLEU pass can take
+  minutes) is abandoned instead of awaited: inside `interruptible()` the handler
+  raises `EvaluationInterrupted`, which Python delivers once the running device call
   returns, i.e. between batches.
 
   Single-process runs only: hosts of a multi-host run would see the signal at

@@ -1,4 +1,4 @@
-"""Pure train and eval steps over pytrees, jitted by `training.trainer` with shardings.
+"""Pure train and eval steps over pytrees, jitted with shardings by `training.state`.
 
 The model lives as (graphdef, params): the step merges them into a Transformer
 inside the trace, so the jitted function takes and returns plain pytrees and the

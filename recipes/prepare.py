@@ -1,4 +1,8 @@
-"""Data preparation for a workdir: build the TFDS dataset, train or reuse the tokenizer."""
+"""Data preparation for a workdir: build the TFDS dataset, train or reuse the tokenizer.
+
+What a workdir already holds decides what is built: a job's first stage, so it sits
+with the recipes, above the data/ and storage/ modules it uses.
+"""
 from collections.abc import Callable, Sequence
 
 from absl import logging
@@ -29,7 +33,7 @@ def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation"
   The tokenizer is trained on the training split only (both languages) and stored as
   `workdir/spm.model`; a second run, and inference, reuse that file. Once the run has
   a tokenizer (run.json records it) or checkpoints, it is never trained again: a
-  missing or different spm.model is an error (`layout.load_tokenizer`).
+  missing or different spm.model is an error (`tokenizer_lib.load_from_workdir`).
   """
   data_cfg = config.data
   sources = datasets.load_sources(data_cfg, splits)
@@ -46,14 +50,14 @@ def prepare(config, workdir: str, splits: Sequence[str] = ("train", "validation"
   bound = (layout.read_run_record(workdir).get("tokenizer")
            or layout.checkpoint_steps(layout.checkpoint_dir(workdir)))
   if bound or (epath.Path(workdir) / layout.TOKENIZER_FILE).exists():
-    tokenizer = layout.load_tokenizer(workdir)
+    tokenizer = tokenizer_lib.load_from_workdir(workdir)
   else:
     tokenizer = tokenizer_lib.train(
         sentences(), epath.Path(workdir) / layout.TOKENIZER_FILE,
         vocab_size=data_cfg.vocab_size, model_type=data_cfg.spm_model_type,
         max_sentences=data_cfg.spm_max_sentences, seed=config.seed)
   if jax.process_index() == 0:
-    layout.record_tokenizer(workdir, tokenizer.proto)
+    tokenizer_lib.bind_to_run(workdir, tokenizer.proto)
   return sources, tokenizer
 
 
@@ -65,7 +69,7 @@ def prepare_on_all_processes(
   Process 0 alone builds the TFDS dataset and trains the tokenizer, so processes
   sharing a file system never write them at once; the others then only read them.
   `train_transform`, if given, replaces the training source by what it returns
-  (distill.py: the teacher's translations as targets), before the statistics.
+  (distillation: the teacher's translations as targets), before the statistics.
   Process 0 also logs the training split's statistics, including how many pairs
   training drops as empty or longer than `config.data.max_length`; if that leaves no
   pair, every process stops with an error (training would wait forever for a batch).

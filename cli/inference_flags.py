@@ -1,0 +1,150 @@
+"""The flags the inference scripts share, defined once, and what they build.
+
+A script calls the `define_*` functions of the flag groups it takes, at import (before
+absl parses the command line), and reads them back through the functions below:
+infer.py and serve.py take `define_translator` and build a `translator`; export.py and
+bench/decode.py take checkpoint or random weights (`checkpoint_or_random`).
+Decode settings default to the run's `config.decode`; only the flags given on the
+command line override it.
+"""
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from inference import compile_cache
+from inference import restore
+from inference.decoder import DecodeSettings
+from inference.translator import Translator
+from inference.translator import inference_partitioner
+from models import quantization
+from parallel.sharding import Partitioner
+from storage import layout
+
+FLAGS = flags.FLAGS
+_DECODE_FIELDS = ("beam_size", "alpha", "max_len_a", "max_len_b")
+
+
+def define_workdir() -> None:
+  flags.DEFINE_string("workdir", None, "Training workdir (config.json, spm.model,"
+                      " checkpoints/).")
+
+
+def define_checkpoint() -> None:
+  """--workdir, --step and --checkpoint_dir: which parameters to restore."""
+  define_workdir()
+  flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+  flags.DEFINE_string(
+      "checkpoint_dir", None, "Read parameters from here instead of"
+      " WORKDIR/checkpoints, e.g. WORKDIR/averaged_last5 written by average.py.")
+
+
+def define_precision() -> None:
+  """--dtype and --quantize: how the restored parameters compute."""
+  flags.DEFINE_string("dtype", None, "Inference dtype for parameters and compute"
+                      " (e.g. bfloat16); default: the training config's.")
+  flags.DEFINE_enum(
+      "quantize", "none", ["none", *quantization.MODES], "int8 weights, per output"
+      " channel, made at load (models/quantization.py): 'int8' also quantizes"
+      " activations per row (int8 dots: the fast path on CPU); 'int8_weights' is"
+      " weight-only (for GPU/TPU).")
+
+
+def define_decode(lengths: bool = True) -> None:
+  """--beam_size, --alpha and (with `lengths`) --max_len_a, --max_len_b."""
+  defaults = DecodeSettings()
+  flags.DEFINE_integer("beam_size", defaults.beam_size, "Beam width; 1 is greedy."
+                       " Default: the run's config.decode.")
+  flags.DEFINE_float("alpha", defaults.alpha, "GNMT length penalty exponent."
+                     " Default: the run's config.decode.")
+  if lengths:
+    for field in ("max_len_a", "max_len_b"):
+      flags.DEFINE_float(field, getattr(defaults, field), "Output limit"
+                         " a * source_len + b. Default: the run's config.decode.")
+
+
+def define_compilation_cache() -> None:
+  flags.DEFINE_string(
+      "compilation_cache_dir", None, "JAX persistent compilation cache, so a later run"
+      " loads compiled programs instead of compiling; created private (0700)."
+      " Default: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/nmt-enfr/jax; empty: no"
+      " cache.")
+
+
+def define_random_weights() -> None:
+  """--config and --vocab_size: a model with random weights, when there is no run."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Without --workdir: the config whose model gets random weights.")
+  flags.DEFINE_integer("vocab_size", 32000, "Vocabulary of the random-weights model.")
+
+
+def define_translator(batch_tokens: bool = True) -> None:
+  """Every flag `translator()` reads; `batch_tokens` adds --batch_tokens."""
+  define_checkpoint()
+  define_precision()
+  define_decode()
+  flags.DEFINE_integer("nbest", 1, "Hypotheses per line; > 1 writes hyp<TAB>score"
+                       " pairs on the line.")
+  if batch_tokens:
+    flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.")
+  flags.DEFINE_integer("max_source_len", None, "Tokens a sentence is cut to; default"
+                       " (and at most) the model's limit. Fewer means fewer shapes to"
+                       " compile.")
+  define_compilation_cache()
+
+
+def workdir(job: str) -> str:
+  """--workdir; a usage error naming `job` (e.g. '--mode=translate') without it."""
+  if not FLAGS.workdir:
+    raise app.UsageError(f"{job} needs --workdir (a training workdir).")
+  return FLAGS.workdir
+
+
+def quantize() -> str | None:
+  return None if FLAGS.quantize == "none" else FLAGS.quantize
+
+
+def decode_overrides() -> dict:
+  """The decode-setting flags given on the command line, by DecodeSettings field."""
+  return {field: FLAGS[field].value for field in _DECODE_FIELDS
+          if field in FLAGS and FLAGS[field].present}
+
+
+def decode_settings(config) -> DecodeSettings:
+  """`config.decode` (None: the defaults) with the flags given overriding it."""
+  return DecodeSettings.from_config(None if config is None else config.get("decode"),
+                                    **decode_overrides())
+
+
+def enable_compilation_cache() -> None:
+  compile_cache.enable(FLAGS.compilation_cache_dir)
+
+
+def translator(job: str) -> Translator:
+  """The Translator of the `define_translator` flags, for `job` (error messages)."""
+  batching = {"batch_tokens": FLAGS.batch_tokens} if "batch_tokens" in FLAGS else {}
+  return Translator.from_workdir(
+      workdir(job), step=FLAGS.step, checkpoint_dir=FLAGS.checkpoint_dir,
+      dtype=FLAGS.dtype, quantize=quantize(), decode_overrides=decode_overrides(),
+      nbest=FLAGS.nbest, max_len=FLAGS.max_source_len, **batching)
+
+
+def checkpoint_or_random(job: str, quantize_mode: str | None = None
+                         ) -> tuple[object, Partitioner, restore.Restored]:
+  """(config, partitioner, model): the --workdir checkpoint, or --config's model with
+  random weights (`define_checkpoint`, `define_random_weights`, `define_precision`
+  if the script takes --dtype); `quantize_mode` as `restore.restore_params` takes it.
+  """
+  dtype = FLAGS.dtype if "dtype" in FLAGS else None
+  if FLAGS.workdir:
+    config = layout.read_config(FLAGS.workdir)
+    partitioner = inference_partitioner(config)
+    return config, partitioner, restore.restore_params(
+        FLAGS.workdir, partitioner, step=FLAGS.step,
+        checkpoint_dir=FLAGS.checkpoint_dir, dtype=dtype, quantize=quantize_mode)
+  if FLAGS.config is None:
+    raise app.UsageError(f"{job} needs --workdir (a checkpoint) or --config (random"
+                         " weights).")
+  partitioner = inference_partitioner(FLAGS.config)
+  return FLAGS.config, partitioner, restore.random_params(
+      FLAGS.config, partitioner, vocab_size=FLAGS.vocab_size, dtype=dtype,
+      quantize=quantize_mode)

@@ -1,0 +1,1 @@
+"""Whole jobs built from training/ and inference/: train-and-score, distillation, data preparation."""
