@@ -19,7 +19,6 @@ from collections.abc import Callable
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 
@@ -30,6 +29,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from bench import provenance
 from bench.synthetic import synthetic_sources
 from data import tokenizer as tokenizer_lib
 from inference import export
@@ -61,15 +61,6 @@ _ENGINES = flags.DEFINE_list(
     "engines", ["ours", "ctranslate2"], "Engines to time. One engine per process"
     " (two runs, back to back) keeps JAX's thread pool from slowing CTranslate2's"
     " threads; the ratio is then printed by neither run.")
-
-
-def _git_commit() -> str:
-  """HEAD, with '-dirty' when tracked files differ from it (what was measured)."""
-  def git(*args):
-    return subprocess.run(["git", *args], capture_output=True, text=True,
-                          check=False).stdout.strip()
-  return git("rev-parse", "--short", "HEAD") + ("-dirty" if git(
-      "status", "--porcelain", "--untracked-files=no") else "")
 
 
 def _ours(model_cfg: transformer.TransformerConfig, graphdef, params,
@@ -130,7 +121,7 @@ def main(argv):
   pieces = export.synthetic_vocabulary(_VOCAB.value)
   common = {"src_len": _SRC_LEN.value, "forced_len": _FORCED_LEN.value,
             "beam_size": _BEAM.value, "parameters": transformer.count_params(params),
-            "cpu_count": os.cpu_count(), "git": _git_commit(), "jax": jax.__version__,
+            "cpu_count": os.cpu_count(), "git": provenance.git_commit(), "jax": jax.__version__,
             "ctranslate2": ctranslate2.__version__,
             "jax_device": jax.devices()[0].device_kind}
 
