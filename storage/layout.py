@@ -9,18 +9,23 @@
                             /optimizer  step and optimizer state
                             /data       every process's grain iterator state
   WORKDIR/averaged_last<N>/<step>/params  mean of the last N checkpoints' parameters
+  .../<step>/SHA256SUMS                 every file's sha256 (storage/integrity.py), in
+                                        each training checkpoint and average
 
 Training writes all of it (training/checkpoints.py adds the optimizer and data items);
 inference reads `params` alone, so it needs neither the optimizer nor grain. This module
 imports neither training nor inference code.
 """
 import json
+import os
 
+from absl import logging
 from etils import epath
 import ml_collections
 import orbax.checkpoint as ocp
 
 from storage import files
+from storage import integrity
 
 CONFIG_FILE = "config.json"
 REPLACED_CONFIG_FILE = "config.step{step}.json"
@@ -59,8 +64,9 @@ def read_config(workdir) -> ml_collections.ConfigDict:
 
 
 def write_config(workdir, config) -> None:
+  """WORKDIR/config.json; standard JSON only (a NaN field is an error, not `NaN`)."""
   files.atomic_write(epath.Path(workdir) / CONFIG_FILE,
-                     config.to_json_best_effort(indent=2))
+                     config.to_json_best_effort(indent=2, allow_nan=False))
 
 
 def read_run_record(workdir) -> dict:
@@ -87,19 +93,45 @@ def checkpoint_steps(directory) -> list[int]:
   return sorted(_read_only(directory).all_steps()) if directory.exists() else []
 
 
+def verify_step(directory, step: int, item: str = "") -> bool:
+  """Checks checkpoint `step`'s files (those of `item`, if given) against its
+  SHA256SUMS; False if it has none, IntegrityError naming the changed files."""
+  step_dir = files.absolute(directory) / str(step)
+  try:
+    return integrity.verify(step_dir, under=item)
+  except integrity.IntegrityError as e:
+    raise integrity.IntegrityError(
+        f"{e}\nCheckpoint {step_dir} is corrupt. Restore another step (--step), or"
+        " rewrite it: rerun average.py for an average; a training checkpoint is"
+        " moved aside by the next train.py run, which resumes from the one"
+        " before.") from None
+
+
 def restore_params(directory, step: int, abstract_params):
   """The `params` item of `step`, laid out as `abstract_params` says.
 
   `abstract_params` is a tree of `jax.ShapeDtypeStruct` with shardings (from
   `Partitioner.abstract_params`): orbax reads each shard onto its device, so a
-  checkpoint written on one mesh restores onto another.
+  checkpoint written on one mesh restores onto another. The files are checked
+  against the step's SHA256SUMS first and the values for NaN or infinity after;
+  either is an IntegrityError naming the step.
   """
-  return _read_only(directory).restore(step, args=ocp.args.Composite(
+  step_dir = files.absolute(directory) / str(step)
+  if not verify_step(directory, step, PARAMS):
+    logging.warning("%s has no %s (written before manifests, or cut short before"
+                    " its manifest): its files are not verified.", step_dir,
+                    integrity.MANIFEST)
+  params = _read_only(directory).restore(step, args=ocp.args.Composite(
       **{PARAMS: ocp.args.StandardRestore(abstract_params)}))[PARAMS]
+  bad = integrity.non_finite(params)
+  if bad:
+    raise integrity.IntegrityError(
+        f"Checkpoint {step_dir} holds NaN or infinite parameters ({', '.join(bad[:4])}"
+        f"{' ...' if len(bad) > 4 else ''}). Restore another step (--step).")
+  return params
 
 
-def save_params(directory, step: int, params) -> None:
-  """Writes a params-only checkpoint, replacing one of the same step."""
+def _save_one(directory, step: int, params) -> None:
   manager = ocp.CheckpointManager(files.absolute(directory), options=(
       ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)))
   if step in manager.all_steps():
@@ -107,3 +139,21 @@ def save_params(directory, step: int, params) -> None:
   manager.save(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardSave(params)}),
                force=True)
   manager.close()
+  integrity.write_manifest(files.absolute(directory) / str(step))
+
+
+def save_params(directory, step: int, params) -> None:
+  """Makes `directory` a checkpoint directory holding params-only checkpoint `step`.
+
+  Locally the new directory is built beside the old one and swapped in atomically
+  (`files.replace_dir`): a kill at any point leaves the old directory or the new
+  one, complete and verifiable. On a bucket the step is rewritten in place.
+  """
+  if files.is_remote(directory):
+    _save_one(directory, step, params)
+    return
+  directory = os.path.abspath(os.fspath(directory))
+  files.recover_dir(directory)
+  staging = files.staging_dir(directory)
+  _save_one(staging, step, params)
+  files.replace_dir(staging, directory)

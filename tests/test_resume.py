@@ -10,6 +10,7 @@ import pytest
 
 from data import pipeline
 from data import tokenizer as tokenizer_lib
+from storage import integrity
 from storage import layout
 from recipes import prepare
 from tests.conftest import Run, train_in
@@ -88,6 +89,7 @@ def test_a_checkpoint_of_another_process_count_does_not_fit(prepared, tmp_path):
   _save(run, tmp_path, 1)
   data = tmp_path / "checkpoints/1/data"
   (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+  integrity.write_manifest(tmp_path / "checkpoints/1")  # As a 2-process run wrote it.
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match="saved by 2 processes, 1 now"):
     _restore(run, tmp_path)

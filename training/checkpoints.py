@@ -13,11 +13,16 @@ the next start. A save that fails in the background raises its own error (e.g.
 `OSError: [Errno 28] No space left on device`) at the next `check()`, i.e. within a
 training step, not only at the next save.
 
+Once a save is complete, process 0 writes `<step>/SHA256SUMS` (storage/integrity.py),
+the sha256 of every file, after syncing them to disk. A restore checks the files
+against it and the restored parameters for NaN or infinity.
+
 Resume is strict: a checkpoint whose tree or shapes differ from the state the config
 builds (model size, optimizer, gradient accumulation, vocabulary) or that was saved by
-another number of processes stops the run (`CheckpointMismatchError`). Only an
-unreadable checkpoint (corrupt files) is moved aside to `<step>.corrupt-<time>` and
-the one before it restored. All processes restore the same step.
+another number of processes stops the run (`CheckpointMismatchError`). Only a corrupt
+checkpoint (unreadable, files that differ from its SHA256SUMS, non-finite parameters,
+or missing its data-iterator state) is moved aside to `<step>.corrupt-<time>` and the
+one before it restored. All processes restore the same step.
 """
 import contextlib
 import time
@@ -30,12 +35,17 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from storage import integrity
 from storage import layout
 from training import steps
 
 
 class CheckpointMismatchError(RuntimeError):
   """A checkpoint does not fit the state the config builds; resuming would be wrong."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint is incomplete or damaged (not a config mismatch): moved aside."""
 
 
 def _key_name(key) -> str:
@@ -81,8 +91,14 @@ def mismatches(step_dir: epath.Path, abstract_state: steps.TrainState) -> list[s
     saved = {k: v.shape for k, v in ocp.tree.to_flat_dict(
         handler.metadata(step_dir / item).tree, sep=".").items()}
     diffs += _tree_differences(item, saved, _shapes(target))
-  names = [p.name for p in (step_dir / layout.DATA).iterdir()
-           if p.name.startswith("process_")]
+  data_dir = step_dir / layout.DATA
+  names = ([p.name for p in data_dir.iterdir() if p.name.startswith("process_")]
+           if data_dir.is_dir() else [])
+  if not names:
+    raise CorruptCheckpointError(
+        f"{data_dir} holds no data-iterator state (process_*-of-*.json): the"
+        " checkpoint is incomplete, so a resume could not read the batches an"
+        " uninterrupted run would have.")
   counts = {n.rsplit("-of-", 1)[-1].removesuffix(".json") for n in names}
   if counts != {str(jax.process_count())}:
     diffs.append(f"{layout.DATA}: saved by {'/'.join(sorted(counts)) or 'no'}"
@@ -110,7 +126,9 @@ class Checkpointer:
                 policies.LatestN(n=max_to_keep),
                 policies.BestN(get_metric_fn=lambda m: m["bleu"], n=1,
                                keep_checkpoints_without_metrics=False)])))
-    self.last_good = None  # The newest step restored or completely saved.
+    # The newest step restored intact (its SHA256SUMS matched) with finite
+    # parameters, or saved complete by this run (finite, SHA256SUMS written).
+    self.last_good = None
     self._in_flight = None  # The step whose asynchronous save may still run.
 
   def save(self, step: int, state: steps.TrainState, data_iterator,
@@ -144,6 +162,8 @@ class Checkpointer:
     """Blocks until the pending save is complete; raises its error if it failed."""
     with self._failure_note():
       self.manager.wait_until_finished()
+      if self._in_flight is not None and jax.process_index() == 0:
+        integrity.write_manifest(self.directory / str(self._in_flight))
     if self._in_flight is not None:
       self.last_good, self._in_flight = self._in_flight, None
 
@@ -172,12 +192,13 @@ class Checkpointer:
     now, so a checkpoint written on another mesh shape is resharded on read.
     `data_iterator` is moved to the saved position in place. Raises
     CheckpointMismatchError if the newest readable checkpoint does not fit
-    `abstract_state`; unreadable ones are moved aside (`_move_aside`).
+    `abstract_state`; corrupt ones are moved aside (`_move_aside`).
     """
     for step in self._agreed_steps():
       step_dir = self.directory / str(step)
       error, diffs = None, []
       try:
+        self._verify(step_dir)
         diffs = mismatches(step_dir, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         error = e
@@ -192,6 +213,9 @@ class Checkpointer:
         try:
           restored = self.manager.restore(step, args=self._restore_args(
               abstract_state, data_iterator))
+          if bad := integrity.non_finite(restored[layout.PARAMS]):
+            raise CorruptCheckpointError(
+                f"parameters {', '.join(bad[:4])} hold NaN or infinity")
         except Exception as e:  # pylint: disable=broad-except
           error = e
         status = _agree(1 if error else 0)
@@ -202,6 +226,14 @@ class Checkpointer:
                                 **restored[layout.OPTIMIZER]), step
       self._move_aside(step, error)
     return None, 0
+
+  @staticmethod
+  def _verify(step_dir: epath.Path) -> None:
+    """Process 0 checks the files against SHA256SUMS (a missing one: a warning)."""
+    if jax.process_index() == 0 and not integrity.verify(step_dir):
+      logging.warning("%s has no %s (saved before manifests, or the run was killed"
+                      " just before writing it): its files are not verified.",
+                      step_dir, integrity.MANIFEST)
 
   @staticmethod
   def _restore_args(abstract_state: steps.TrainState, data_iterator):
@@ -220,13 +252,13 @@ class Checkpointer:
     return [int(s) for s in multihost_utils.broadcast_one_to_all(padded)]
 
   def _move_aside(self, step: int, error: Exception | None) -> None:
-    """Renames unreadable checkpoint `step` to `<step>.corrupt-<time>` (process 0)."""
+    """Renames corrupt checkpoint `step` to `<step>.corrupt-<time>` (process 0)."""
     step_dir = self.directory / str(step)
     aside = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
     logging.error(
-        "CHECKPOINT %s IS UNREADABLE (%s: %s; on this or another process). Moved it"
-        " to %s and trying the one before it; delete it once you have looked.",
-        step_dir, type(error).__name__, error, aside)
+        "CHECKPOINT %s IS CORRUPT OR INCOMPLETE (%s: %s; on this or another process)."
+        " Moved it to %s and trying the one before it; delete it once you have"
+        " looked.", step_dir, type(error).__name__, error, aside)
     if jax.process_index() == 0 and step_dir.exists():
       step_dir.rename(aside)
     multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")

@@ -218,11 +218,14 @@ class Trainer:
 
   def _diverged(self, step: int, what: str) -> NonFiniteLossError:
     self.checkpointer.wait()  # A save still in flight completes: the last good one.
+    good = self.checkpointer.last_good
+    where = ("no checkpoint restored intact or was saved by this run, so a rerun"
+             " starts from scratch" if good is None else
+             f"the last good checkpoint (intact against its SHA256SUMS, finite) is"
+             f" step {good} in {self.checkpointer.directory}, where a rerun resumes")
     return NonFiniteLossError(
-        f"Non-finite {what} at step {step}. Stopped without saving; the last good"
-        f" checkpoint is step {self.checkpointer.last_good} in"
-        f" {self.checkpointer.directory}. Lower learning_rate, raise warmup_steps or"
-        " check the data, then rerun to resume.")
+        f"Non-finite {what} at step {step}. Stopped without saving; {where}. Lower"
+        " learning_rate, raise warmup_steps or check the data, then rerun.")
 
 
 def run(config, workdir: str, partitioner: Partitioner, sources, tokenizer,
