@@ -1,9 +1,15 @@
-"""One training per workdir: WORKDIR/train.lock holds the PID and host of the run.
+"""One training per workdir: WORKDIR/train.lock names the process of the run.
 
 Two runs on one workdir would interleave checkpoints and delete each other's. The lock
-is created atomically (a hard link, which fails if the file exists); a lock whose PID
-is not alive on this host is stale (a killed run) and taken over. Process 0 owns the
-lock of a multi-process run; the others learn whether it got it.
+is created atomically (a hard link, which fails if the file exists) and records the
+PID, host, the kernel's boot id (/proc/sys/kernel/random/boot_id) and the process's
+start time (field 22 of /proc/PID/stat). On the same host a lock is stale, and taken
+over, when its process is gone, when the machine rebooted since (another boot id),
+when its PID now belongs to another process (another start time: PIDs are reused,
+e.g. by a restarted container, which also keeps its host name) or when the PID is the
+caller's own but the start time is not (a container restart reuses PIDs). A file
+that is not such a record (cut short, edited) is stale too, with a warning. Process
+0 owns the lock of a multi-process run; the others learn whether it got it.
 
 On a bucket (gs:// workdir) the lock is best effort: object stores have no
 create-if-absent here, so two runs started within moments of each other could both
@@ -39,18 +45,61 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-def _holder(path: epath.Path) -> dict | None:
+def boot_id() -> str | None:
+  """This boot of the kernel (Linux); None where /proc does not say."""
   try:
-    return json.loads(path.read_text())
-  except (FileNotFoundError, ValueError):
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+      return f.read().strip()
+  except OSError:
     return None
 
 
-def _is_stale(holder: dict | None) -> bool:
-  """A lock whose process is gone from this host (or that nobody can read)."""
+def start_time(pid: int) -> int | None:
+  """When process `pid` started, in clock ticks since boot (Linux); None if unknown."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+      stat = f.read()
+  except OSError:
+    return None
+  # The command name (field 2) is in parentheses and may hold spaces: split after it.
+  fields = stat[stat.rfind(")") + 2:].split()
+  return int(fields[19])  # Field 22 overall: the 20th after the name.
+
+
+def _holder(path: epath.Path) -> dict | None:
+  """The lock's record; None if there is none (or it vanished)."""
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError:
+    return None
+  except ValueError:
+    return {}  # Not JSON: malformed.
+
+
+def _malformed(holder) -> bool:
+  return not (isinstance(holder, dict) and isinstance(holder.get("pid"), int)
+              and isinstance(holder.get("host"), str))
+
+
+def _stale_because(holder) -> str | None:
+  """Why the lock `holder` is held by no live run, or None if it may be."""
   if holder is None:
-    return True
-  return holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"])
+    return "it vanished"
+  if _malformed(holder):
+    return "it is not a lock record (no integer pid and host name)"
+  if holder["host"] != socket.gethostname():
+    return None  # Another machine: this one cannot tell.
+  pid, recorded_boot = holder["pid"], holder.get("boot_id")
+  if recorded_boot and boot_id() and recorded_boot != boot_id():
+    return "the machine rebooted since it was taken"
+  if not _pid_alive(pid):
+    return f"PID {pid} is not running"
+  recorded, now = holder.get("start_time"), start_time(pid)
+  if recorded is not None and now is not None and recorded != now:
+    return f"PID {pid} is another process now (started at another time)"
+  if pid == os.getpid() and recorded is None:
+    return f"PID {pid} is this process, which did not take it (a restart)"
+  return None
 
 
 def _create(path: epath.Path, content: str) -> bool:
@@ -77,18 +126,24 @@ def acquire(workdir) -> epath.Path:
   workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / LOCK_FILE
   me = {"pid": os.getpid(), "host": socket.gethostname(),
+        "boot_id": boot_id(), "start_time": start_time(os.getpid()),
         "started": datetime.datetime.now().isoformat(timespec="seconds")}
   for _ in range(3):  # A stale lock is removed, then taken (unless a rival was faster).
     if _create(path, json.dumps(me)):
       return path
     holder = _holder(path)
-    if not _is_stale(holder):
+    reason = _stale_because(holder)
+    if reason is None:
+      this = " (this very process: it already holds it)" if (
+          holder["pid"], holder.get("start_time")) == (me["pid"], me["start_time"]
+                                                        ) else ""
       raise WorkdirLockedError(
           f"{workdir} is being trained by PID {holder['pid']} on host"
-          f" {holder['host']} (since {holder.get('started')}; lock file {path})."
-          " Wait for that run to end or stop it, or train in another --workdir. If"
-          f" that run is dead on another host, delete {path}.")
-    logging.warning("Removing the stale lock %s of a run that is gone: %s", path, holder)
+          f" {holder['host']}{this} (since {holder.get('started')}; lock file"
+          f" {path}). Wait for that run to end or stop it, or train in another"
+          f" --workdir. If that run is dead on another host, delete {path}.")
+    if holder is not None:
+      logging.warning("Removing the stale lock %s (%s): %r", path, reason, holder)
     path.unlink(missing_ok=True)
   raise WorkdirLockedError(f"Could not lock {workdir}: {path} keeps reappearing.")
 
@@ -96,8 +151,9 @@ def acquire(workdir) -> epath.Path:
 def release(path: epath.Path) -> None:
   """Deletes the lock if it is still this process's."""
   holder = _holder(path)
-  if holder and (holder.get("pid"), holder.get("host")) == (
-      os.getpid(), socket.gethostname()):
+  if not _malformed(holder) and (holder["pid"], holder["host"],
+                                 holder.get("start_time")) == (
+      os.getpid(), socket.gethostname(), start_time(os.getpid())):
     path.unlink(missing_ok=True)
 
 
