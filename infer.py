@@ -17,6 +17,7 @@ from absl import flags
 from etils import epath
 
 from cli import inference_flags
+from cli import logs
 from inference import evaluate
 from inference import text_io
 from inference.translator import Translator
@@ -43,17 +44,21 @@ def _translator() -> Translator:
   return inference_flags.translator(f"--mode={_MODE.value}")
 
 
-def _check_output() -> None:
-  """Before the model loads: a bad --output fails at once."""
+def _check_paths(*input_flags: flags.FlagHolder) -> None:
+  """Before the model loads: a missing input or a bad --output fails at once."""
+  given = [f for f in input_flags if f.value is not None]
   try:
-    text_io.check_output_path(_OUTPUT.value)
+    for flag in given:
+      text_io.check_input_path(flag.value, f"--{flag.name}")
+    text_io.check_output_path(_OUTPUT.value, "--output",
+                              inputs=tuple(f.value for f in given))
   except ValueError as e:
     raise app.UsageError(str(e)) from e
 
 
 def _translate():
   """--input to --output in chunks of --buffer_size lines, one output line per input."""
-  _check_output()
+  _check_paths(_INPUT)
   if _BUFFER_SIZE.value < 1:
     raise app.UsageError(f"--buffer_size={_BUFFER_SIZE.value}: give 1 or more lines.")
   name = text_io.display_name(_INPUT.value)
@@ -69,6 +74,7 @@ def _translate():
 
 
 def _evaluate():
+  _check_paths(*(() if _SPLIT.value else (_INPUT, _REFERENCE)))
   translator = _translator()
   workdir = inference_flags.workdir("--mode=evaluate")
   if _SPLIT.value:
@@ -92,7 +98,7 @@ def _score():
 
   Pairs from --input and --target, or --input lines of source<TAB>target.
   """
-  _check_output()
+  _check_paths(_INPUT, _TARGET)
   name = text_io.display_name(_INPUT.value)
   if _TARGET.value:
     if _INPUT.value == text_io.STDIO:
@@ -119,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  logs.run(main)  # app.run, with quiet library logs.

@@ -4,7 +4,8 @@ Every input line gives exactly one output line: invalid UTF-8 is replaced (with 
 warning naming the line), a line of only whitespace, BOM or zero-width characters is
 empty (`clean`), and no output holds a newline, carriage return or tab (`one_line`).
 Output is UTF-8 whatever the locale's encoding, and an output file appears only once
-it is complete (`open_output`). "-" is stdin or stdout.
+it is complete (`open_output`), without replacing a FIFO, device or symlink given as
+the output. "-" is stdin or stdout.
 """
 from collections.abc import Iterator
 import contextlib
@@ -13,7 +14,6 @@ import itertools
 import os
 import re
 import sys
-import tempfile
 from typing import BinaryIO
 
 from absl import logging
@@ -77,34 +77,68 @@ def read_chunks(stream: BinaryIO, buffer_size: int, name: str
     first_line += len(chunk)
 
 
-def check_output_path(path: str) -> None:
-  """Raises ValueError naming `path` if an output file cannot be written there.
+def check_input_path(path: str, flag: str = "--input") -> None:
+  """Raises ValueError naming `flag` if `path` is not a readable file ("-": stdin).
+
+  Called before the model loads, so a typo fails in a second.
+  """
+  if path == STDIO:
+    return
+  if files.is_remote(path):
+    if not epath.Path(path).exists():
+      raise ValueError(f"{flag}={path}: no such object; check the path.")
+    return
+  if os.path.isdir(path):
+    raise ValueError(f"{flag}={path} is a directory; give a text file, one sentence"
+                     " per line.")
+  if not os.path.exists(path):
+    raise ValueError(f"{flag}={path}: no such file; check the path.")
+  if not os.access(path, os.R_OK):
+    raise ValueError(f"{flag}={path} is not readable; fix its permissions.")
+
+
+def check_output_path(path: str, flag: str = "--output",
+                      inputs: tuple[str, ...] = ()) -> None:
+  """Raises ValueError naming `flag` if an output file cannot be written at `path`.
 
   Called before the model loads, so a typo fails in a second, not after restoring
-  and translating. "-" (stdout) and remote paths (scheme://) are not checked.
+  and translating. Refused: a directory (or a path ending in a slash), a missing or
+  unwritable parent directory, an unwritable file, and any of `inputs` (the same
+  file, through a link or not: writing it would destroy what is being read). "-"
+  (stdout) and remote paths (scheme://) are not checked.
   """
   if path == STDIO or files.is_remote(path):
     return
-  parent = os.path.dirname(os.path.abspath(path))
-  if os.path.isdir(path):
-    raise ValueError(f"Output file {path} is a directory; give a file path.")
+  if path.endswith(os.sep) or os.path.isdir(path):
+    raise ValueError(f"{flag}={path} is a directory; give a file path.")
+  target = os.path.realpath(path)  # A symlink's target is what gets written.
+  parent = os.path.dirname(target)
   if not os.path.isdir(parent):
-    raise ValueError(f"Output file {path}: directory {parent} does not exist; create it"
-                     " or give another path.")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise ValueError(f"Output file {path}: directory {parent} is not writable; fix its"
-                     " permissions or give another path.")
-  if os.path.exists(path) and not os.access(path, os.W_OK):
-    raise ValueError(f"Output file {path} exists and is not writable.")
+    raise ValueError(f"{flag}={path}: directory {parent} does not exist; create it or"
+                     " give another path.")
+  if not os.path.exists(target) or not files.is_special(target):
+    # Regular files are replaced by a rename: the directory must be writable.
+    if not os.access(parent, os.W_OK | os.X_OK):
+      raise ValueError(f"{flag}={path}: directory {parent} is not writable; fix its"
+                       " permissions or give another path.")
+  if os.path.exists(target) and not os.access(target, os.W_OK):
+    raise ValueError(f"{flag}={path} exists and is not writable.")
+  for source in inputs:
+    if (source != STDIO and not files.is_remote(source) and os.path.exists(source)
+        and os.path.exists(target) and os.path.samefile(source, target)):
+      raise ValueError(f"{flag}={path} is the input file {source}: writing it would"
+                       " destroy it. Give another output path.")
 
 
 @contextlib.contextmanager
 def open_output(path: str) -> Iterator[BinaryIO]:
-  """A binary stream for the output: stdout, or a temporary file renamed to `path`.
+  """A binary stream for the output, written as a shell redirect would, but whole.
 
-  The rename happens only once every line is written, so a failed run leaves no
-  partial file (and an older output stays as it was). Remote paths are written at
-  the end in one piece.
+  "-": stdout. A regular or new file (or a symlink's target) is written to a
+  temporary file and renamed over it once every line is written, keeping its mode,
+  so a failed run leaves no partial file (and an older output stays as it was); a
+  FIFO or device is written directly (`files.open_replacing`). Remote paths are
+  written at the end in one piece.
   """
   if path == STDIO:
     sys.stdout.flush()
@@ -115,19 +149,8 @@ def open_output(path: str) -> Iterator[BinaryIO]:
       yield buffer
       epath.Path(path).write_bytes(buffer.getvalue())
     return
-  directory, base = os.path.split(os.path.abspath(path))
-  fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
-  umask = os.umask(0)
-  os.umask(umask)
-  os.fchmod(fd, 0o666 & ~umask)  # As an ordinary new file; mkstemp gives 0o600.
-  try:
-    with os.fdopen(fd, "wb") as f:
-      yield f
-    os.replace(temp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(temp)
-    raise
+  with files.open_replacing(path) as f:
+    yield f
 
 
 def clean(text: str) -> str:
