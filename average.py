@@ -9,6 +9,7 @@ from absl import app
 from absl import flags
 
 from cli import inference_flags
+from cli import logs
 from inference import restore
 from inference.translator import inference_partitioner
 from storage import layout
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  logs.run(main)  # app.run, with quiet library logs.

@@ -14,6 +14,7 @@ from absl import flags
 
 # --config (default configs/default.py, which has no `distill` block: pass
 # --config=configs/multi30k_distill.py), --workdir and the multi-process flags.
+from cli import logs
 from cli import training_flags
 from recipes import distillation
 from training import lock
@@ -38,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  logs.run(main)  # app.run, with quiet library logs.

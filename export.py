@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 
 from cli import inference_flags
+from cli import logs
 from data import tokenizer as tokenizer_lib
 from inference import export
 from models import transformer
@@ -43,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  logs.run(main)  # app.run, with quiet library logs.

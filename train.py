@@ -11,6 +11,7 @@ clusters the hosts find each other by themselves; elsewhere pass
 """
 from absl import app
 
+from cli import logs
 from cli import training_flags
 from recipes import train_and_score
 from training import lock
@@ -28,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  logs.run(main)  # app.run, with quiet library logs.

@@ -1,17 +1,21 @@
 """The flags every training job takes (train.py, distill.py), defined once here.
 
-`--config` (an ml_collections config file; `--config.FIELD=VALUE` overrides a field),
+`--config` (an ml_collections config file; `--config.FIELD=VALUE` overrides a field;
+default this checkout's configs/default.py, wherever the command runs from),
 `--workdir`, and the multi-process flags. On TPU and SLURM-style clusters the hosts
 find each other by themselves; elsewhere pass --coordinator_address, --num_processes
 and --process_id on every process.
 """
+import pathlib
+
 from absl import flags
 from ml_collections import config_flags
 
 from parallel import mesh
 
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Experiment config file.", lock_config=True)
+    "config", str(DEFAULT_CONFIG), "Experiment config file.", lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Where the tokenizer, checkpoints"
                               " and logs go (local path or gs://).", required=True)
 COORDINATOR = flags.DEFINE_string("coordinator_address", None,

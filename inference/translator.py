@@ -92,6 +92,14 @@ def hypotheses(tokens: np.ndarray, scores: np.ndarray, tokenizer, count: int
            for k in range(tokens.shape[1])] for r in range(count)]
 
 
+def _check_sentences(**lists) -> None:
+  """TypeError if a list of sentences is one str (it would be read char by char)."""
+  for name, texts in lists.items():
+    if isinstance(texts, (str, bytes)):
+      raise TypeError(f"{name} must be a list of sentences, not one {type(texts).__name__}"
+                      f" ({texts[:30]!r}); for one sentence pass [{name}].")
+
+
 def inference_partitioner(config) -> Partitioner:
   """Every local device on the batch axis, laid out by the run's logical-axis rules."""
   return Partitioner(mesh_lib.create_mesh((-1, 1, 1)), config.logical_axis_rules)
@@ -190,6 +198,7 @@ class Translator:
     `name` labels warnings (file:line); `first_line` numbers `texts[0]` in `name`
     when translating a file in chunks.
     """
+    _check_sentences(texts=texts)
     settings, nbest = self.options(beam_size, alpha, nbest)
     sources = bucketing.tokenize(texts, self.tokenizer, self.max_len, name, first_line)
     outputs = [Translation([]) for _ in sources]  # Empty lines stay so.
@@ -207,6 +216,7 @@ class Translator:
 
     Pairs are batched like translation, by the bucket of the longer side.
     """
+    _check_sentences(sources=sources, targets=targets)
     pairs = scoring.tokenize(sources, targets, self.tokenizer, self.max_len, name)
     outputs: list[scoring.Score | None] = [None] * len(pairs)
     for take, length, rows in bucketing.group(pairs, lambda p: p.length,
