@@ -7,7 +7,7 @@ Sentences: test_2016_flickr's English side ($MULTI30K_DIR/test_2016_flickr.en.gz
    --mode=translate's batching), timed after an untimed call that compiles; then
    `--single` of them one at a time, for one sentence's decode time.
 2. Server: starts `serve.py` on a free 127.0.0.1 port (or uses `--url`),
-   waits for /healthz, then for each concurrency level runs that many clients, each
+   waits for /readyz, then for each concurrency level runs that many clients, each
    sending one sentence per request and the next when answered, until `--requests`
    are answered or `--seconds` have passed. One untimed round first sends every
    sentence once.
@@ -53,8 +53,8 @@ _MAX_SOURCE_LEN = flags.DEFINE_integer(
     " default the model's limit.")
 _URL = flags.DEFINE_string("url", None, "A running server; default: start one.")
 _SERVER_FLAGS = flags.DEFINE_list(
-    "server_flags", [], "Extra infer.py flags for the server it starts, e.g."
-    " --server_flags=--max_batch_tokens=2048,--max_batch_wait_ms=10.")
+    "server_flags", [], "Extra serve.py flags for the server it starts, e.g."
+    " --server_flags=--batch_tokens=2048,--max_batch_wait_ms=10.")
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str) -> None:
   start = time.monotonic()
   while True:
     with contextlib.suppress(aiohttp.ClientError):
-      async with session.get(url + "/healthz") as response:
+      async with session.get(url + "/readyz") as response:
         if response.status == 200:
           print(f"Server ready after {time.monotonic() - start:.0f} s.", file=sys.stderr)
           return

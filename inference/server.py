@@ -4,7 +4,10 @@
        -> {"translations": [{"text", "score", "tokens", "truncated", "nbest"?}, ...]}
   POST /v1/score     {"source": [...], "target": [...]}
        -> {"scores": [{"score", "tokens", "token_scores", "truncated"}, ...]}
-  GET  /healthz      200 once warm-up has compiled every batch shape, else 503
+  GET  /v1/models    the model served: name, step, parameters, decode defaults, limits
+  GET  /livez        200 while the process serves HTTP (a liveness probe)
+  GET  /readyz       200 once warm-up has compiled every batch shape, else 503
+  GET  /healthz      the same as /readyz
   GET  /metrics      Prometheus text format (serving_metrics.py)
 
 Why aiohttp: one dependency (no pydantic, no separate ASGI server), a client for the
@@ -13,21 +16,27 @@ answers 413; `run_app` turns SIGTERM into a graceful shutdown). The handlers onl
 parse, validate and tokenize; sentences go to a `dynamic_batching.Batcher`, whose
 device batches run in one worker thread.
 
-Errors are JSON {"error": message}: 400 for a malformed body, 413 for one over
-`max_body_bytes`, 503 with Retry-After while warming up or when the queue is full,
-504 when a request takes longer than `request_timeout_s`. On SIGTERM the server stops
-accepting connections, sends what is queued at once, answers the requests in flight
-and exits 0.
+Errors are JSON {"error": message, "code": stable name}: 400 for a malformed body,
+413 for one over `max_body_bytes`, 503 with Retry-After while warming up or when the
+queue is full, 504 when a request takes longer than `request_timeout_s`; a client that
+hangs up has its waiting sentences dropped before they are decoded (counted as 499).
+On SIGTERM the server stops accepting connections, sends what is queued at once,
+answers the requests in flight and exits 0; during warm-up it exits at once.
 """
 import asyncio
 import concurrent.futures
 import dataclasses
 import json
 import math
+import os
+import sys
+import threading
 import time
 
 from absl import logging
 from aiohttp import web
+from aiohttp import web_log
+import jax
 
 from inference import bucketing
 from inference import dynamic_batching
@@ -36,23 +45,37 @@ from inference import serving_metrics
 from inference.translator import Translation
 from inference.translator import Translator
 
+# Routes that are neither counted in nmt_requests_total nor written to the access log.
+PROBES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+# A client that closed its connection before the answer (nginx's convention).
+CLIENT_CLOSED = 499
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
-  max_batch_tokens: int = 1024  # Source tokens per device batch, padding included.
+  batch_tokens: int = 1024  # Source tokens per device batch, padding included.
   max_batch_wait_ms: float = 5.0  # How long a sentence waits for batch mates.
   max_queue_sentences: int = 4096  # Sentences waiting; more gets 503.
   max_request_sentences: int = 256  # Per request; more gets 400.
   max_body_bytes: int = 1 << 20  # More gets 413.
   request_timeout_s: float = 60.0  # Longer gets 504.
   max_beam_size: int = 16
-  warmup: bool = True  # Compile every batch shape before /healthz says ready.
+  max_alpha: float = 10.0  # Length-penalty exponents above it get 400.
+  warmup: bool = True  # Compile every batch shape before /readyz says ready.
+  model_name: str = "nmt-enfr"  # The `id` that /v1/models reports.
 
 
 class _Error(Exception):
-  def __init__(self, status: int, message: str, retry_after: int | None = None):
+  """A client-facing error: HTTP status, stable `code`, message naming the fix."""
+
+  def __init__(self, status: int, code: str, message: str,
+               retry_after: int | None = None):
     super().__init__(message)
-    self.status, self.retry_after = status, retry_after
+    self.status, self.code, self.retry_after = status, code, retry_after
+
+
+# Stable codes of aiohttp's own errors (routing, body size).
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
 def _finite(x: float | None) -> float | None:
@@ -86,9 +109,12 @@ class _State:
         lambda: self.batcher.depth if self.batcher else 0)
     self.ready = False
     self.draining = False
+    # Warm-up compiles in a daemon thread of its own, so that SIGTERM during it
+    # need not wait for the compiler (`serve` then exits without joining it).
+    self.warmup_thread: threading.Thread | None = None
 
   def per_batch(self, key) -> int:
-    return bucketing.rows_per_batch(key[1], self.config.max_batch_tokens)
+    return bucketing.rows_per_batch(key[1], self.config.batch_tokens)
 
   @staticmethod
   def fillers(key) -> list:
@@ -113,27 +139,48 @@ class _State:
     return results
 
   def warmup(self) -> None:
-    if self.config.warmup:
-      self.translator.warmup(self.config.max_batch_tokens)
+    try:
+      if self.config.warmup:
+        self.translator.warmup(self.config.batch_tokens)
+    except Exception:  # pylint: disable=broad-except
+      logging.exception("Warm-up failed; /readyz stays 503.")
+      return
     self.ready = True
     self.metrics.ready.set(1)
     logging.info("Ready.")
 
+  def model_card(self) -> dict:
+    """What /v1/models says about the model served."""
+    t = self.translator
+    return {"id": self.config.model_name, "object": "model", "step": t.step,
+            "parameters": sum(x.size for x in jax.tree.leaves(t.params)),
+            "max_source_len": t.max_len,
+            "decode": {**dataclasses.asdict(t.settings), "nbest": t.decoder.nbest},
+            "limits": {"max_beam_size": self.config.max_beam_size,
+                       "max_alpha": self.config.max_alpha,
+                       "max_request_sentences": self.config.max_request_sentences,
+                       "batch_tokens": self.config.batch_tokens}}
+
   async def gather(self, jobs: list) -> list:
-    """Queues (key, item) jobs and waits for their results, in order."""
+    """Queues (key, item) jobs and waits for their results, in order.
+
+    If the request is cancelled (the client hung up) or times out, its futures are
+    cancelled and the batcher drops the sentences that still wait.
+    """
     if not self.ready or self.draining:
-      raise _Error(503, "warming up: compiling the decoder" if not self.ready
+      raise _Error(503, "warming_up" if not self.ready else "shutting_down",
+                   "warming up: compiling the decoder" if not self.ready
                    else "shutting down", retry_after=5)
     try:
       futures = self.batcher.submit(jobs)
     except dynamic_batching.QueueFull as e:
-      raise _Error(503, f"queue full: {e}", retry_after=1) from None
+      raise _Error(503, "queue_full", f"queue full: {e}", retry_after=1) from None
     try:
       return await asyncio.wait_for(asyncio.gather(*futures),
                                     self.config.request_timeout_s)
     except TimeoutError:
-      raise _Error(504, f"not done within {self.config.request_timeout_s} s;"
-                   " send fewer sentences per request or retry later.") from None
+      raise _Error(504, "timeout", f"not done within {self.config.request_timeout_s}"
+                   " s; send fewer sentences per request or retry later.") from None
 
 
 _STATE = web.AppKey("state", _State)
@@ -142,53 +189,66 @@ _STATE = web.AppKey("state", _State)
 async def _body(request: web.Request, allowed: set[str]) -> dict:
   """The request's JSON object; 400 unless it is one with only `allowed` fields."""
   try:
-    body = await request.json()
-  except json.JSONDecodeError as e:
-    raise _Error(400, f"body is not valid JSON: {e}") from None
+    body = json.loads(await request.text())
   except UnicodeDecodeError:
-    raise _Error(400, "body is not UTF-8.") from None
+    raise _Error(400, "invalid_json", "body is not UTF-8.") from None
+  except RecursionError:
+    raise _Error(400, "invalid_json", "body is not valid JSON: nested too deep.") from None
+  except ValueError as e:  # JSONDecodeError, and integers of over 4300 digits.
+    raise _Error(400, "invalid_json", f"body is not valid JSON: {e}") from None
   if not isinstance(body, dict):
-    raise _Error(400, f"body must be a JSON object, not {type(body).__name__}.")
+    raise _Error(400, "invalid_body",
+                 f"body must be a JSON object, not {type(body).__name__}.")
   if unknown := set(body) - allowed:
-    raise _Error(400, f"unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    raise _Error(400, "unknown_field",
+                 f"unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}.")
   return body
 
 
 def _texts(body: dict, field: str, limit: int) -> list[str]:
   texts = body.get(field)
   if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-    raise _Error(400, f'"{field}" must be a list of strings.')
+    raise _Error(400, "invalid_field", f'"{field}" must be a list of strings.')
   if len(texts) > limit:
-    raise _Error(400, f'"{field}" has {len(texts)} sentences; at most {limit} per'
-                 " request.")
+    raise _Error(400, "too_many_sentences", f'"{field}" has {len(texts)} sentences;'
+                 f" at most {limit} per request.")
+  for i, text in enumerate(texts):
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:  # A lone surrogate such as "\\ud800".
+      raise _Error(400, "invalid_field", f'"{field}"[{i}] holds a lone surrogate'
+                   f" (\\u{ord(text[e.start]):04x}): send UTF-16 pairs whole.") from None
   return texts
 
 
-def _option(body: dict, field: str, kind: type) -> int | float | None:
-  """body[field] as `kind` (int, or float accepting ints), or None if absent."""
+def _option(body: dict, field: str, kind: type, limit: float) -> int | float | None:
+  """body[field] as `kind` (int, or float accepting ints) up to `limit`, or None."""
   value = body.get(field)
   if value is None:
     return None
   accepted = int if kind is int else (int, float)
   if isinstance(value, bool) or not isinstance(value, accepted):
-    raise _Error(400, f'"{field}" must be {"an integer" if kind is int else "a number"},'
-                 f" not {json.dumps(value)}.")
+    raise _Error(400, "invalid_field", f'"{field}" must be'
+                 f' {"an integer" if kind is int else "a number"},'
+                 f" not {json.dumps(value)[:40]}.")
+  if value > limit:  # Before float(): a 400-digit integer does not fit in one.
+    raise _Error(400, "invalid_field", f'"{field}" {str(value)[:40]} is over the'
+                 f" limit of {limit}.")
   return kind(value)
 
 
 async def _translate(request: web.Request) -> web.Response:
   state: _State = request.app[_STATE]
+  config = state.config
   body = await _body(request, {"text", "beam_size", "alpha", "nbest"})
-  texts = _texts(body, "text", state.config.max_request_sentences)
-  beam = _option(body, "beam_size", int)
-  if beam is not None and beam > state.config.max_beam_size:
-    raise _Error(400, f'"beam_size" {beam} is over the limit of'
-                 f" {state.config.max_beam_size}.")
+  texts = _texts(body, "text", config.max_request_sentences)
+  beam = _option(body, "beam_size", int, config.max_beam_size)
   try:
-    settings, nbest = state.translator.options(beam, _option(body, "alpha", float),
-                                               _option(body, "nbest", int))
+    settings, nbest = state.translator.options(
+        beam, _option(body, "alpha", float, config.max_alpha),
+        _option(body, "nbest", int, config.max_beam_size))
   except ValueError as e:
-    raise _Error(400, str(e)) from None
+    raise _Error(400, "invalid_field", str(e)) from None
   sources = state.translator.tokenize(texts)
   todo = [s for s in sources if s.ids]  # Empty lines never reach the model.
   results = await state.gather([(("translate", bucketing.bucket(len(s.ids)), settings,
@@ -206,8 +266,8 @@ async def _score_handler(request: web.Request) -> web.Response:
   limit = state.config.max_request_sentences
   sources, targets = _texts(body, "source", limit), _texts(body, "target", limit)
   if len(sources) != len(targets):
-    raise _Error(400, f'"source" has {len(sources)} sentences but "target" has'
-                 f" {len(targets)}; give one target per source.")
+    raise _Error(400, "invalid_field", f'"source" has {len(sources)} sentences but'
+                 f' "target" has {len(targets)}; give one target per source.')
   pairs = scoring.tokenize(sources, targets, state.translator.tokenizer,
                            state.translator.max_len, "<request>")
   results = await state.gather([(("score", bucketing.bucket(p.length)), p)
@@ -215,7 +275,17 @@ async def _score_handler(request: web.Request) -> web.Response:
   return web.json_response({"scores": [_score_json(s) for s in results]})
 
 
-async def _healthz(request: web.Request) -> web.Response:
+async def _models(request: web.Request) -> web.Response:
+  return web.json_response({"object": "list",
+                            "data": [request.app[_STATE].model_card()]})
+
+
+async def _livez(request: web.Request) -> web.Response:
+  del request
+  return web.json_response({"status": "alive"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
   state: _State = request.app[_STATE]
   if state.ready and not state.draining:
     return web.json_response({"status": "ready", "step": state.translator.step})
@@ -228,59 +298,84 @@ async def _metrics(request: web.Request) -> web.Response:
   return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-@web.middleware
-async def _errors_and_metrics(request: web.Request, handler) -> web.StreamResponse:
-  """JSON errors for every failure, and the request count and latency."""
-  start = time.perf_counter()
-  state: _State = request.app[_STATE]
+def _error_response(status: int, code: str, message: str, headers=None) -> web.Response:
+  return web.json_response({"error": message, "code": code}, status=status,
+                           headers=headers)
+
+
+async def _respond(request: web.Request, handler) -> web.StreamResponse:
+  """The handler's response, or the JSON error body of what it raised."""
   try:
-    response = await handler(request)
+    return await handler(request)
   except _Error as e:
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
-    response = web.json_response({"error": str(e)}, status=e.status, headers=headers)
+    return _error_response(e.status, e.code, str(e), headers)
   except web.HTTPException as e:  # 404, 405, 413 (body over client_max_size), ...
-    response = web.json_response({"error": e.text or e.reason}, status=e.status,
-                                 headers={k: v for k, v in e.headers.items()
-                                          if k != "Content-Type"})
+    return _error_response(e.status, _HTTP_CODES.get(e.status, "http_error"),
+                           e.text or e.reason,
+                           {k: v for k, v in e.headers.items() if k != "Content-Type"})
   except Exception as e:  # pylint: disable=broad-except
     logging.exception("%s %s failed.", request.method, request.path)
-    response = web.json_response({"error": f"internal error: {e!r}"}, status=500)
-  endpoint = request.match_info.route.resource.canonical if (
-      request.match_info.route.resource) else "other"
-  state.metrics.requests.labels(endpoint, str(response.status)).inc()
-  state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-  return response
+    return _error_response(500, "internal", f"internal error: {e!r}")
 
 
-def _log_failure(future: asyncio.Future) -> None:
-  if not future.cancelled() and future.exception() is not None:
-    logging.error("Warm-up failed; /healthz stays 503.", exc_info=future.exception())
+@web.middleware
+async def _errors_and_metrics(request: web.Request, handler) -> web.StreamResponse:
+  """JSON errors for every failure, and the count and latency of non-probe requests."""
+  start = time.perf_counter()
+  resource = request.match_info.route.resource
+  endpoint = resource.canonical if resource else "other"
+  state: _State = request.app[_STATE]
+  status = CLIENT_CLOSED
+  try:
+    response = await _respond(request, handler)
+    status = response.status
+    return response
+  finally:  # Also when the client hung up and aiohttp cancelled the handler.
+    if endpoint not in PROBES:
+      state.metrics.requests.labels(endpoint, str(status)).inc()
+      state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+class AccessLogger(web_log.AccessLogger):
+  """aiohttp's access log (common log format) without the probe routes."""
+
+  def log(self, request, response, elapsed):
+    if request.path not in PROBES:
+      super().log(request, response, elapsed)
+
+
+# aiohttp options of every runner of the app: cancel a handler whose client hung up,
+# so its sentences leave the queue before they are decoded.
+RUNNER_OPTIONS = {"handler_cancellation": True}
 
 
 def make_app(translator: Translator, config: ServerConfig = ServerConfig()
              ) -> web.Application:
-  """The aiohttp application; warm-up starts with it, in the worker thread."""
+  """The aiohttp application; warm-up starts with it, in a thread of its own."""
   state = _State(translator, config)
   app = web.Application(client_max_size=config.max_body_bytes,
                         middlewares=[_errors_and_metrics])
   app[_STATE] = state
   app.router.add_post("/v1/translate", _translate)
   app.router.add_post("/v1/score", _score_handler)
-  app.router.add_get("/healthz", _healthz)
+  app.router.add_get("/v1/models", _models)
+  app.router.add_get("/livez", _livez)
+  app.router.add_get("/readyz", _readyz)
+  app.router.add_get("/healthz", _readyz)
   app.router.add_get("/metrics", _metrics)
 
   async def lifecycle(app):
-    loop = asyncio.get_running_loop()
     state.batcher = dynamic_batching.Batcher(
         state.run, state.per_batch, max_wait_s=config.max_batch_wait_ms / 1000,
         max_queue=config.max_queue_sentences, executor=state.executor,
         fillers=state.fillers)
     state.batcher.start()
-    warmup = loop.run_in_executor(state.executor, state.warmup)
-    warmup.add_done_callback(_log_failure)
+    state.warmup_thread = threading.Thread(target=state.warmup, name="warmup",
+                                           daemon=True)
+    state.warmup_thread.start()
     yield
     await state.batcher.close()  # Requests have had their answers by now.
-    await asyncio.gather(warmup, return_exceptions=True)
     state.executor.shutdown(wait=True)
 
   async def on_shutdown(app):  # After the listening sockets close, before the wait
@@ -292,8 +387,23 @@ def make_app(translator: Translator, config: ServerConfig = ServerConfig()
   return app
 
 
-def serve(translator: Translator, config: ServerConfig, host: str, port: int) -> None:
-  """Serves until SIGINT/SIGTERM, then drains and returns."""
-  web.run_app(make_app(translator, config), host=host, port=port,
-              shutdown_timeout=config.request_timeout_s + 5, access_log=None,
-              print=lambda msg: logging.info("%s", msg))
+def serve(translator: Translator, config: ServerConfig, host: str, port: int,
+          access_log: bool = False) -> None:
+  """Serves until SIGINT/SIGTERM, then drains and returns.
+
+  Stopped during warm-up, it exits the process at once (status 0): no request is in
+  flight, and a compilation in progress cannot be interrupted.
+  """
+  app = make_app(translator, config)
+  web.run_app(app, host=host, port=port,
+              shutdown_timeout=config.request_timeout_s + 5,
+              access_log=logging.get_absl_logger() if access_log else None,
+              access_log_class=AccessLogger,
+              print=lambda msg: logging.info("%s", msg), **RUNNER_OPTIONS)
+  warmup = app[_STATE].warmup_thread
+  if warmup is not None and warmup.is_alive():
+    logging.info("Stopped during warm-up; exiting without waiting for the compiler.")
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # pylint: disable=protected-access

@@ -95,7 +95,7 @@ class _Served:
 
   def __init__(self, app: web.Application):
     self.loop = asyncio.new_event_loop()
-    self.runner = web.AppRunner(app)
+    self.runner = web.AppRunner(app, **server.RUNNER_OPTIONS)
     threading.Thread(target=self.loop.run_forever, daemon=True).start()
     self._call(self.runner.setup())
     site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -141,11 +141,19 @@ def _post(url, payload) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def served(translator):
   served = _Served(server.make_app(translator, server.ServerConfig(
-      max_batch_tokens=BATCH_TOKENS, max_batch_wait_ms=20, max_request_sentences=20,
-      max_body_bytes=4096)))
+      batch_tokens=BATCH_TOKENS, max_batch_wait_ms=20, max_request_sentences=20,
+      max_body_bytes=1 << 18)))
   served.wait_ready()
   yield served
   served.close()
+
+
+def test_translator_rejects_one_str_naming_the_fix(translator):
+  # A str is a sequence of characters: without the check, one translation each.
+  with pytest.raises(TypeError, match=r"list of sentences.*pass \[texts\]"):
+    translator.translate("A dog runs.")
+  with pytest.raises(TypeError, match=r"pass \[targets\]"):
+    translator.score(["A dog runs."], "Un chien court.")
 
 
 def test_concurrent_requests_get_the_offline_translations_in_order(served, translator):
@@ -178,25 +186,34 @@ def test_nbest_and_score_match_the_translator(served, translator):
     assert got["score"] == pytest.approx(want.score, abs=1e-4)
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"{not json", "not valid JSON"),
-    (b"[1, 2]", "JSON object"),
-    (b'{"text": ["caf\xe9"]}', "UTF-8"),
-    ({"text": "one string"}, "list of strings"),
-    ({"text": ["a", 3]}, "list of strings"),
-    ({"text": ["a"], "beam_size": "4"}, "integer"),
-    ({"text": ["a"], "beam_size": 99}, "limit"),
-    ({"text": ["a"], "beam_size": 2, "nbest": 3}, "nbest"),
-    ({"text": ["a"], "alpha": -1}, "alpha"),
-    (b'{"text": ["a"], "alpha": Infinity}', "alpha"),
-    ({"text": ["a"], "beams": 2}, "unknown fields"),
-    ({"text": ["a"] * 21}, "at most 20"),
-    ({"source": ["a"], "target": []}, "one target per source"),
+@pytest.mark.parametrize("payload, code, message", [
+    (b"{not json", "invalid_json", "not valid JSON"),
+    (b"[1, 2]", "invalid_body", "JSON object"),
+    (b'{"text": ["caf\xe9"]}', "invalid_json", "UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "invalid_json", "nested"),
+    (b'{"text": ["a"], "beam_size": ' + b"9" * 5000 + b"}", "invalid_json", "digits"),
+    ({"text": "one string"}, "invalid_field", "list of strings"),
+    ({"text": ["a", 3]}, "invalid_field", "list of strings"),
+    (b'{"text": ["ok", "\\ud800 lone"]}', "invalid_field", "surrogate"),
+    ({"text": ["a"], "beam_size": "4"}, "invalid_field", "integer"),
+    ({"text": ["a"], "beam_size": 99}, "invalid_field", "limit"),
+    ({"text": ["a"], "beam_size": 2, "nbest": 3}, "invalid_field", "nbest"),
+    ({"text": ["a"], "alpha": -1}, "invalid_field", "alpha"),
+    (b'{"text": ["a"], "alpha": Infinity}', "invalid_field", "alpha"),
+    (b'{"text": ["a"], "alpha": 1' + b"0" * 299 + b"}", "invalid_field", "alpha"),
+    (b'{"text": ["a"], "alpha": 1' + b"0" * 400 + b"}", "invalid_field", "alpha"),
+    ({"text": ["a"], "nbest": 10**30}, "invalid_field", "nbest"),
+    ({"text": ["a"], "beams": 2}, "unknown_field", "unknown fields"),
+    ({"text": ["a"] * 21}, "too_many_sentences", "at most 20"),
+    ({"source": ["a"], "target": []}, "invalid_field", "one target per source"),
+    ({"source": ["\udfff"], "target": ["a"]}, "invalid_field", "surrogate"),
 ])
-def test_malformed_requests_get_400_saying_what_is_wrong(served, payload, message):
+def test_malformed_requests_get_400_with_a_code_saying_what_is_wrong(
+    served, payload, code, message):
   path = "/v1/score" if "source" in str(payload) else "/v1/translate"
   status, body = _post(served.url + path, payload)
   assert status == 400 and message in body["error"], body
+  assert body["code"] == code, body
 
 
 def test_empty_requests_and_other_methods(served):
@@ -204,32 +221,36 @@ def test_empty_requests_and_other_methods(served):
   assert _post(served.url + "/v1/score", {"source": [], "target": []}) == (
       200, {"scores": []})
   status, _, body = _request(served.url + "/v1/translate")  # GET
-  assert status == 405 and "error" in json.loads(body)
+  assert status == 405 and json.loads(body)["code"] == "method_not_allowed"
+  status, _, body = _request(served.url + "/v2/nothing")
+  assert status == 404 and json.loads(body)["code"] == "not_found"
 
 
 def test_body_over_the_limit_gets_413(served):
-  status, body = _post(served.url + "/v1/translate", {"text": ["a" * 5000]})
-  assert status == 413, body
+  status, body = _post(served.url + "/v1/translate", {"text": ["a" * 300_000]})
+  assert status == 413 and body["code"] == "body_too_large", body
 
 
 def test_full_queue_gets_503_and_a_slow_request_504(translator):
   strict = _Served(server.make_app(translator, server.ServerConfig(
-      max_batch_tokens=BATCH_TOKENS, max_batch_wait_ms=2000, max_queue_sentences=2,
+      batch_tokens=BATCH_TOKENS, max_batch_wait_ms=2000, max_queue_sentences=2,
       request_timeout_s=0.2, warmup=False)))  # Shares the compiled translator.
   try:
     strict.wait_ready()
     status, headers, body = _request(strict.url + "/v1/translate",
                                      json.dumps({"text": ["a", "b", "c"]}).encode())
     assert status == 503 and "queue full" in json.loads(body)["error"]
+    assert json.loads(body)["code"] == "queue_full"
     assert int(headers["Retry-After"]) >= 1
     # One sentence waits 2 s for batch mates: past the 0.2 s timeout.
     status, body = _post(strict.url + "/v1/translate", {"text": ["a"]})
     assert status == 504 and "0.2 s" in body["error"], body
+    assert body["code"] == "timeout"
   finally:
     strict.close()
 
 
-def test_healthz_is_503_until_warmup_is_done(translator):
+def test_livez_is_200_and_readyz_healthz_503_until_warmup_is_done(translator):
   release = threading.Event()
 
   class Blocked:  # The translator, with a warm-up that waits for `release`.
@@ -241,11 +262,16 @@ def test_healthz_is_503_until_warmup_is_done(translator):
 
   pending = _Served(server.make_app(Blocked(), server.ServerConfig()))
   try:
+    assert _get(pending.url + "/livez")[0] == 200  # Alive while it compiles.
+    assert _get(pending.url + "/readyz")[0] == 503
     assert _get(pending.url + "/healthz")[0] == 503
     status, body = _post(pending.url + "/v1/translate", {"text": ["a"]})
     assert status == 503 and "warming up" in body["error"]
+    assert body["code"] == "warming_up"
     release.set()
     pending.wait_ready(timeout=30)
+    assert _get(pending.url + "/readyz")[0] == 200
+    assert _get(pending.url + "/livez")[0] == 200
   finally:
     pending.close()
 
@@ -278,19 +304,96 @@ def _send_every_shape(served):
         assert status == 200, body
 
 
-def test_metrics_parse_and_count_requests_and_batches(served):
-  _post(served.url + "/v1/translate", {"text": TEXTS})
-  status, headers, body = _request(served.url + "/metrics")
+def _metric_samples(url) -> tuple[dict, dict]:
+  """(families by name, {(sample name, sorted labels): value}) of GET /metrics."""
+  status, headers, body = _request(url + "/metrics")
   assert status == 200 and headers["Content-Type"].startswith("text/plain")
   families = {f.name: f for f in parser.text_string_to_metric_families(body.decode())}
   samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
              for f in families.values() for s in f.samples}
+  return families, samples
+
+
+def test_metrics_follow_the_prometheus_naming_guide(served):
+  _post(served.url + "/v1/translate", {"text": TEXTS})
+  families, samples = _metric_samples(served.url)
   assert samples[("nmt_requests_total", (("code", "200"),
                                          ("endpoint", "/v1/translate")))] >= 1
   assert samples[("nmt_batch_sentences_count", (("kind", "translate"),))] >= 1
   assert samples[("nmt_tokens_total", (("kind", "translate"), ("side", "source")))] > 0
-  assert {"nmt_request_seconds", "nmt_queue_sentences", "nmt_tokens_per_second",
-          "nmt_ready"} <= set(families)
+  assert {"nmt_request_duration_seconds", "nmt_batch_duration_seconds",
+          "nmt_queue_sentences", "nmt_ready", "nmt_build_info",
+          "process_cpu_seconds", "process_resident_memory_bytes"} <= set(families)
+  assert families["nmt_request_duration_seconds"].type == "histogram"
+  [build] = families["nmt_build_info"].samples
+  assert build.value == 1
+  assert {"version", "jax_version", "python_version"} <= set(build.labels)
+  # Rates come from counters; every duration is in seconds and says so.
+  assert not [n for n in families if n.endswith("per_second")]
+  assert not [n for n, f in families.items() if f.type == "histogram" and n.startswith(
+      "nmt_") and "seconds" in n and not n.endswith("_duration_seconds")]
+
+
+def test_probes_and_scrapes_are_not_counted_as_requests(served):
+  for path in ("/livez", "/readyz", "/healthz", "/metrics", "/v1/models"):
+    assert _get(served.url + path)[0] == 200, path
+  _, samples = _metric_samples(served.url)
+  endpoints = {dict(labels).get("endpoint") for (name, labels) in samples
+               if name.startswith("nmt_request")}
+  assert not endpoints & {"/livez", "/readyz", "/healthz", "/metrics"}, endpoints
+  assert "/v1/models" in endpoints
+
+
+def test_models_route_names_the_model_step_parameters_and_decode_defaults(
+    served, translator):
+  status, _, body = _request(served.url + "/v1/models")
+  assert status == 200
+  body = json.loads(body)
+  [model] = body["data"]
+  assert body["object"] == "list" and model["object"] == "model"
+  assert model["id"] and model["step"] == translator.step == 1
+  assert model["parameters"] == sum(x.size for x in jax.tree.leaves(translator.params))
+  assert model["decode"] == {"beam_size": translator.settings.beam_size,
+                             "alpha": translator.settings.alpha,
+                             "max_len_a": translator.settings.max_len_a,
+                             "max_len_b": translator.settings.max_len_b, "nbest": 1}
+  assert model["max_source_len"] == MAX_LEN
+  assert model["limits"]["max_beam_size"] == 16
+
+
+def test_work_of_a_client_that_hung_up_is_dropped_and_not_counted_as_200(translator):
+  batches = []
+
+  class Recorded:  # The translator, recording each device batch it decodes.
+    def __getattr__(self, name):
+      return getattr(translator, name)
+
+    def translate_batch(self, sources, *args):
+      batches.append(len(sources))
+      return translator.translate_batch(sources, *args)
+
+  slow = _Served(server.make_app(Recorded(), server.ServerConfig(
+      batch_tokens=BATCH_TOKENS, max_batch_wait_ms=1500, warmup=False)))
+  try:
+    slow.wait_ready()
+    body = json.dumps({"text": ["A dog runs."]}).encode()
+    with socket.create_connection(("127.0.0.1", int(slow.url.rsplit(":", 1)[1]))) as s:
+      s.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type:"
+                b" application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+      deadline = time.monotonic() + 5
+      while _metric_samples(slow.url)[1][("nmt_queue_sentences", ())] < 1:
+        assert time.monotonic() < deadline, "the sentence never reached the queue"
+        time.sleep(0.02)
+    # The client hung up while its sentence waited for batch mates (1.5 s).
+    time.sleep(2.5)
+    assert batches == []
+    _, samples = _metric_samples(slow.url)
+    codes = {dict(labels)["code"]: value for (name, labels), value in samples.items()
+             if name == "nmt_requests_total"
+             and dict(labels)["endpoint"] == "/v1/translate"}
+    assert codes == {"499": 1}, codes
+  finally:
+    slow.close()
 
 
 def _free_port() -> int:
@@ -300,13 +403,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_answers_requests_in_flight_and_exits_0(workdir):
+def test_sigterm_answers_requests_in_flight_and_exits_0_with_an_access_log(workdir):
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   process = subprocess.Popen(
       [sys.executable, str(REPO / "serve.py"), f"--workdir={workdir}",
        f"--port={port}", f"--max_source_len={MAX_LEN}",
-       f"--max_batch_tokens={BATCH_TOKENS}", "--max_batch_wait_ms=30000"],
+       f"--batch_tokens={BATCH_TOKENS}", "--max_batch_wait_ms=30000",
+       "--access_log"],
       cwd=REPO, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
   try:
     deadline = time.monotonic() + 600
@@ -325,6 +429,33 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(workdir):
     assert status == 200 and len(body["translations"]) == len(TEXTS)
     assert time.monotonic() - signalled < 20  # Sent at once, not after 30 s.
     assert process.wait(timeout=60) == 0
+    log = process.stderr.read().decode()
+    assert '"POST /v1/translate HTTP/1.1" 200' in log, log[-3000:]
+    assert "GET /livez" not in log and "GET /metrics" not in log  # Probes stay quiet.
+  finally:
+    process.kill()
+    process.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_during_warmup_exits_within_seconds(workdir):
+  port = _free_port()
+  url = f"http://127.0.0.1:{port}"
+  process = subprocess.Popen(  # No compilation cache: warm-up compiles for a while.
+      [sys.executable, str(REPO / "serve.py"), f"--workdir={workdir}",
+       f"--port={port}", "--batch_tokens=4096", "--compilation_cache_dir="],
+      cwd=REPO, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+  try:
+    deadline = time.monotonic() + 300
+    while b"nmt_ready 0.0" not in _get(url + "/metrics")[2]:  # Serving, not ready.
+      assert process.poll() is None, process.stderr.read().decode()[-3000:]
+      assert time.monotonic() < deadline
+      time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert process.wait(timeout=120) == 0
+    assert time.monotonic() - signalled < 10
+    assert b"Compiled" not in process.stderr.read()  # It did not finish the warm-up.
   finally:
     process.kill()
     process.wait()
