@@ -18,6 +18,7 @@ LAYERS = (
     ("models", "data", "configs"),  # The network and search; datasets, tokenizer.
     ("training", "inference"),  # The two phases.
     ("recipes",),  # Whole jobs built from both phases: train and score, distill.
+    ("aot",),  # Both phases' programs compiled ahead of time for TPU topologies.
     ("cli",),  # Flags shared by the scripts.
     ("bench",),  # Benchmark scripts (python -m bench.NAME) and their helpers.
 )
