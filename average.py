@@ -15,7 +15,8 @@ from inference.translator import inference_partitioner
 from storage import layout
 
 inference_flags.define_workdir()
-_AVERAGE_LAST = flags.DEFINE_integer("average_last", 5, "Checkpoints to average.")
+_AVERAGE_LAST = flags.DEFINE_integer("average_last", 5, "Checkpoints to average"
+                                     " (>= 1).", lower_bound=1)
 
 
 def main(argv):

@@ -5,8 +5,14 @@ absl parses the command line), and reads them back through the functions below:
 infer.py and serve.py take `define_translator` and build a `translator`; export.py and
 bench/decode.py take checkpoint or random weights (`checkpoint_or_random`).
 Decode settings default to the run's `config.decode`; only the flags given on the
-command line override it.
+command line override it. Every numeric flag is checked when absl parses it (bounds
+and finiteness, the allowed range in the message); the decode settings merged with
+the run's config.decode are checked again before the model loads
+(`checked_decode_settings`), with the same limits as training's config checks
+(models/limits.py).
 """
+import math
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -16,6 +22,7 @@ from inference import restore
 from inference.decoder import DecodeSettings
 from inference.translator import Translator
 from inference.translator import inference_partitioner
+from models import limits
 from models import quantization
 from parallel.sharding import Partitioner
 from storage import layout
@@ -49,17 +56,27 @@ def define_precision() -> None:
       " weight-only (for GPU/TPU).")
 
 
+def _define_finite_float(name: str, default: float, help_text: str) -> None:
+  """A float flag >= 0 that must also be finite (absl's bounds let NaN through)."""
+  flags.DEFINE_float(name, default, help_text, lower_bound=0.0)
+  flags.register_validator(name, lambda v: v is None or math.isfinite(v),
+                           message=f"--{name} must be a finite number >= 0.")
+
+
 def define_decode(lengths: bool = True) -> None:
   """--beam_size, --alpha and (with `lengths`) --max_len_a, --max_len_b."""
   defaults = DecodeSettings()
   flags.DEFINE_integer("beam_size", defaults.beam_size, "Beam width; 1 is greedy."
-                       " Default: the run's config.decode.")
-  flags.DEFINE_float("alpha", defaults.alpha, "GNMT length penalty exponent."
-                     " Default: the run's config.decode.")
+                       f" At most {limits.MAX_BEAM_SIZE}. Default: the run's"
+                       " config.decode.", lower_bound=1,
+                       upper_bound=limits.MAX_BEAM_SIZE)
+  _define_finite_float("alpha", defaults.alpha, "GNMT length penalty exponent (0:"
+                       " none). Default: the run's config.decode.")
   if lengths:
     for field in ("max_len_a", "max_len_b"):
-      flags.DEFINE_float(field, getattr(defaults, field), "Output limit"
-                         " a * source_len + b. Default: the run's config.decode.")
+      _define_finite_float(field, getattr(defaults, field), "Output limit"
+                           " a * source_len + b tokens (not both 0). Default: the"
+                           " run's config.decode.")
 
 
 def define_compilation_cache() -> None:
@@ -82,13 +99,14 @@ def define_translator(batch_tokens: bool = True) -> None:
   define_checkpoint()
   define_precision()
   define_decode()
-  flags.DEFINE_integer("nbest", 1, "Hypotheses per line; > 1 writes hyp<TAB>score"
-                       " pairs on the line.")
+  flags.DEFINE_integer("nbest", 1, "Hypotheses per line, at most --beam_size; > 1"
+                       " writes hyp<TAB>score pairs on the line.", lower_bound=1)
   if batch_tokens:
-    flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.")
+    flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.",
+                         lower_bound=1)
   flags.DEFINE_integer("max_source_len", None, "Tokens a sentence is cut to; default"
                        " (and at most) the model's limit. Fewer means fewer shapes to"
-                       " compile.")
+                       " compile.", lower_bound=1)
   define_compilation_cache()
 
 
@@ -110,9 +128,29 @@ def decode_overrides() -> dict:
 
 
 def decode_settings(config) -> DecodeSettings:
-  """`config.decode` (None: the defaults) with the flags given overriding it."""
-  return DecodeSettings.from_config(None if config is None else config.get("decode"),
-                                    **decode_overrides())
+  """`config.decode` (None: the defaults) with the flags given overriding it.
+
+  A setting that cannot decode (e.g. --max_len_a=0 with --max_len_b=0, or a run's
+  config.decode.alpha of NaN) is a usage error naming the flag and the config field.
+  """
+  settings = DecodeSettings.from_config(
+      None if config is None else config.get("decode"), **decode_overrides())
+  problems = limits.decode_problems(settings.beam_size, settings.alpha,
+                                    settings.max_len_a, settings.max_len_b)
+  if problems:
+    given = decode_overrides()
+
+    def where(field):
+      return (f"--{field}={getattr(settings, field)!r}" if field in given else
+              f"config.decode.{field}={getattr(settings, field)!r} of the run"
+              f" (override it with --{field})")
+    raise app.UsageError("; ".join(f"{where(field)}: must be {rule}"
+                                   for field, rule in problems) + ".")
+  if "nbest" in FLAGS and FLAGS.nbest > settings.beam_size:
+    raise app.UsageError(f"--nbest={FLAGS.nbest}: must be <= the beam size"
+                         f" ({settings.beam_size}); raise --beam_size or lower"
+                         " --nbest.")
+  return settings
 
 
 def enable_compilation_cache() -> None:
@@ -122,6 +160,7 @@ def enable_compilation_cache() -> None:
 def translator(job: str) -> Translator:
   """The Translator of the `define_translator` flags, for `job` (error messages)."""
   batching = {"batch_tokens": FLAGS.batch_tokens} if "batch_tokens" in FLAGS else {}
+  decode_settings(layout.read_config(workdir(job)))  # Before the model loads.
   return Translator.from_workdir(
       workdir(job), step=FLAGS.step, checkpoint_dir=FLAGS.checkpoint_dir,
       dtype=FLAGS.dtype, quantize=quantize(), decode_overrides=decode_overrides(),

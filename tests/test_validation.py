@@ -1,4 +1,6 @@
 """Config validation before a run writes anything; a data filter that keeps nothing."""
+import re
+
 import pytest
 
 from configs import default
@@ -7,6 +9,7 @@ from configs import smoke
 from configs import transformer_base
 from configs import transformer_big
 from recipes import prepare
+from storage import layout
 from training import validate
 
 
@@ -29,6 +32,50 @@ def test_a_bad_field_is_named(field, value):
   config.update_from_flattened_dict({field: value})
   with pytest.raises(validate.ConfigError, match=rf"config\.{field}={value}: must be"):
     validate.validate_config(config)
+
+
+@pytest.mark.parametrize("field,value,rule", [
+    ("decode.alpha", float("nan"), "a finite number >= 0"),
+    ("decode.alpha", -0.5, "a finite number >= 0"),
+    ("decode.max_len_a", -1.0, "a finite number >= 0"),
+    ("decode.max_len_b", -3.0, "a finite number >= 0"),
+    ("decode.beam_size", 1000, "an integer in \\[1, 16\\]"),
+    ("model.dropout_rate", 1.5, "in \\[0, 1\\)"),
+    ("model.attention_dropout_rate", -0.1, "in \\[0, 1\\)"),
+    ("grad_clip_norm", -1.0, ">= 0 \\(0: no clipping\\)"),
+    ("model.num_heads", 5, None),
+    ("learning_rate", float("inf"), "> 0"),
+    ("label_smoothing", 1.0, "in \\[0, 1\\)"),
+    ("adam_b1", float("nan"), "a finite number"),
+])
+def test_a_bad_value_is_refused_with_its_allowed_range(field, value, rule):
+  config = smoke.get_config()
+  config.update_from_flattened_dict({field: value})
+  problems = validate.config_problems(config)
+  if rule is None:  # num_heads=5 does not divide emb_dim=32 and qkv_dim=32.
+    assert [p.split("=")[0] for p in problems] == ["config.model.emb_dim",
+                                                   "config.model.qkv_dim"], problems
+    assert "a multiple of model.num_heads=5" in problems[0]
+    return
+  assert len(problems) == 1, problems
+  assert re.match(rf"config\.{re.escape(field)}=.*: must be {rule}", problems[0]), (
+      problems)
+
+
+def test_an_output_limit_of_no_tokens_is_refused():
+  config = smoke.get_config()
+  config.decode.max_len_a = config.decode.max_len_b = 0.0
+  assert validate.config_problems(config) == [
+      "config.decode.max_len_b=0.0: must be > 0 when max_len_a is 0 (the output"
+      " limit is max_len_a * source_len + max_len_b tokens)."]
+
+
+def test_config_json_is_never_written_with_nan(tmp_path):
+  config = smoke.get_config()
+  config.decode.alpha = float("nan")
+  with pytest.raises(ValueError, match="Out of range float values"):
+    layout.write_config(tmp_path, config)
+  assert not (tmp_path / "config.json").exists()
 
 
 def test_every_problem_is_reported_at_once():

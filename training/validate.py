@@ -6,10 +6,13 @@ second. Every problem is reported at once, each naming its field and a fix.
 """
 from collections.abc import Mapping, Sequence
 import json
+import math
+import numbers
 import types
 
 import numpy as np
 
+from models import limits
 from training import optimizer
 from training import steps
 
@@ -36,53 +39,100 @@ def _as_dict(config) -> dict:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-def config_problems(config) -> list[str]:
-  """Every problem of `config` as 'field=value: what to do', [] if none."""
-  flat = _flatten(_as_dict(config))
-  problems = []
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
-  def need(ok: bool, field: str, rule: str):
-    if not ok:
-      problems.append(f"config.{field}={flat.get(field)!r}: must be {rule}.")
 
-  for field, value in flat.items():
+class _Problems:
+  """Collects 'config.FIELD=value: must be RULE.' lines over a flattened config."""
+
+  def __init__(self, flat: dict):
+    self.flat, self.lines, self.named = flat, [], set()
+
+  def need(self, ok, field: str, rule: str) -> None:
+    if not ok and field not in self.named:
+      self.named.add(field)
+      self.lines.append(f"config.{field}={self.flat.get(field)!r}: must be {rule}.")
+
+  def finite(self, *fields: str) -> bool:
+    return all(_is_number(self.flat.get(f)) and math.isfinite(self.flat[f])
+               for f in fields)
+
+  def number(self, field: str, test, rule: str) -> None:
+    """`field` must be a finite number passing `test`."""
+    self.need(self.finite(field) and test(self.flat[field]), field, rule)
+
+
+def _ranges(p: _Problems) -> None:
+  """Each field alone: its type and range."""
+  flat = p.flat
+  for field in flat:
     if field.endswith("_every_steps"):
-      need(value > 0, field, "> 0")
-  need(flat["num_train_steps"] >= 1, "num_train_steps", ">= 1")
-  need(flat["max_checkpoints_to_keep"] >= 1, "max_checkpoints_to_keep", ">= 1")
-  need(flat["average_last_checkpoints"] >= 1, "average_last_checkpoints",
-       ">= 1 (1: the last checkpoint as it is)")
-  need(flat["grad_accum_steps"] >= 1, "grad_accum_steps", ">= 1")
-  need(flat["batch_tokens"] > 0, "batch_tokens", "> 0")
-  need(flat["warmup_steps"] >= 0, "warmup_steps", ">= 0")
-  need(flat["schedule"] in optimizer.SCHEDULES, "schedule",
-       f"one of {optimizer.SCHEDULES}")
-  if flat["schedule"] in ("linear", "cosine") and flat["grad_accum_steps"] >= 1:
-    # The decay needs optimizer updates left after warmup (optimizer.schedule_from_config).
-    least = (max(flat["warmup_steps"], 1) + 1) * flat["grad_accum_steps"]
-    need(flat["num_train_steps"] >= least, "num_train_steps",
-         f">= (warmup_steps + 1) x grad_accum_steps = {least}: schedule="
-         f"{flat['schedule']!r} decays to 0 after warmup, by the last step")
-  need(flat["dropout_rng_impl"] in steps.DROPOUT_RNG_IMPLS, "dropout_rng_impl",
-       f"one of {tuple(steps.DROPOUT_RNG_IMPLS)}")
-  need(flat["decode.beam_size"] >= 1, "decode.beam_size", ">= 1 (1: greedy)")
+      p.number(field, lambda v: v > 0, "> 0")
+    if field.startswith("model.") and field.endswith("dropout_rate"):
+      p.number(field, lambda v: 0 <= v < 1, "in [0, 1) (0: no dropout)")
+  for field, rule in {"num_train_steps": ">= 1", "max_checkpoints_to_keep": ">= 1",
+                      "average_last_checkpoints": ">= 1 (1: the last checkpoint as it"
+                      " is)", "grad_accum_steps": ">= 1", "batch_tokens": ">= 1",
+                      "model.num_heads": ">= 1"}.items():
+    p.number(field, lambda v: v >= 1, rule)
   for field in ("data.max_length", "data.eval_max_length", "data.vocab_size",
                 "model.max_len"):
-    need(flat[field] > 0, field, "> 0")
-  for field in ("data.max_length", "data.eval_max_length"):
-    need(flat[field] <= flat["model.max_len"], field,
-         f"<= model.max_len={flat['model.max_len']} (the longest position the"
-         " model has; raise model.max_len or shorten the rows)")
-  if flat["data.max_length"] > 0:
-    need(flat["batch_tokens"] >= flat["data.max_length"], "batch_tokens",
-         f">= data.max_length={flat['data.max_length']} (at least one row)")
+    p.number(field, lambda v: v > 0, "> 0")
+  p.number("warmup_steps", lambda v: v >= 0, ">= 0")
+  p.number("learning_rate", lambda v: v > 0, "> 0")
+  p.number("grad_clip_norm", lambda v: v >= 0, ">= 0 (0: no clipping)")
+  p.number("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")
+  for field, rule in limits.decode_problems(*(flat.get(f"decode.{f}") for f in (
+      "beam_size", "alpha", "max_len_a", "max_len_b"))):
+    p.need(False, f"decode.{field}", rule)
+  p.need(flat["schedule"] in optimizer.SCHEDULES, "schedule",
+         f"one of {optimizer.SCHEDULES}")
+  p.need(flat["dropout_rng_impl"] in steps.DROPOUT_RNG_IMPLS, "dropout_rng_impl",
+         f"one of {tuple(steps.DROPOUT_RNG_IMPLS)}")
   if "distill.max_train_sentences" in flat:  # distill.py's block, when present.
-    need(flat["distill.max_train_sentences"] == -1
-         or flat["distill.max_train_sentences"] >= 1, "distill.max_train_sentences",
-         "-1 (all) or >= 1")
-    need(flat["distill.chunk_sentences"] >= 1, "distill.chunk_sentences", ">= 1")
-    need(flat["distill.batch_tokens"] > 0, "distill.batch_tokens", "> 0")
-  return problems
+    p.number("distill.max_train_sentences", lambda v: v == -1 or v >= 1,
+             "-1 (all) or >= 1")
+    p.number("distill.chunk_sentences", lambda v: v >= 1, ">= 1")
+    p.number("distill.batch_tokens", lambda v: v >= 1, ">= 1")
+  for field, value in flat.items():  # Any other float: NaN is never stored.
+    p.need(not isinstance(value, float) or math.isfinite(value), field,
+           "a finite number")
+
+
+def _relations(p: _Problems) -> None:
+  """Fields that must agree with each other (checked when both are numbers)."""
+  flat = p.flat
+  if p.finite("model.num_heads") and flat["model.num_heads"] >= 1:
+    heads = flat["model.num_heads"]
+    for field in ("model.emb_dim", "model.qkv_dim"):
+      p.number(field, lambda v: v >= 1 and v % heads == 0,
+               f"a multiple of model.num_heads={heads} (each head gets an equal"
+               " share)")
+  if (flat["schedule"] in ("linear", "cosine")
+      and p.finite("grad_accum_steps", "warmup_steps", "num_train_steps")
+      and flat["grad_accum_steps"] >= 1):
+    # The decay needs optimizer updates left after warmup (optimizer.schedule_from_config).
+    least = (max(flat["warmup_steps"], 1) + 1) * flat["grad_accum_steps"]
+    p.need(flat["num_train_steps"] >= least, "num_train_steps",
+           f">= (warmup_steps + 1) x grad_accum_steps = {least}: schedule="
+           f"{flat['schedule']!r} decays to 0 after warmup, by the last step")
+  for field in ("data.max_length", "data.eval_max_length"):
+    if p.finite(field, "model.max_len"):
+      p.need(flat[field] <= flat["model.max_len"], field,
+             f"<= model.max_len={flat['model.max_len']} (the longest position the"
+             " model has; raise model.max_len or shorten the rows)")
+  if p.finite("data.max_length", "batch_tokens") and flat["data.max_length"] > 0:
+    p.need(flat["batch_tokens"] >= flat["data.max_length"], "batch_tokens",
+           f">= data.max_length={flat['data.max_length']} (at least one row)")
+
+
+def config_problems(config) -> list[str]:
+  """Every problem of `config` as 'field=value: what to do', [] if none."""
+  problems = _Problems(_flatten(_as_dict(config)))
+  _ranges(problems)
+  _relations(problems)
+  return problems.lines
 
 
 def validate_config(config) -> None:
