@@ -39,10 +39,16 @@ THIRD_PARTY_LOG_LEVEL = flags.DEFINE_enum(
     " follow --verbosity. 'info' shows e.g. orbax's per-save lines.")
 
 
-def is_ours(pathname: str) -> bool:
-  """Whether a log record's source file belongs to this project."""
-  return pathname.startswith(_PROJECT) and not any(
-      part in pathname for part in _SITE_PACKAGES)
+# Loggers of ours that libraries write to (the server's access log, written by aiohttp).
+OUR_LOGGERS = "nmt"
+
+
+def is_ours(record: py_logging.LogRecord) -> bool:
+  """Whether a log record comes from this project: its source file or its logger."""
+  if record.name == OUR_LOGGERS or record.name.startswith(OUR_LOGGERS + "."):
+    return True
+  return record.pathname.startswith(_PROJECT) and not any(
+      part in record.pathname for part in _SITE_PACKAGES)
 
 
 class ThirdPartyFilter(py_logging.Filter):
@@ -53,7 +59,7 @@ class ThirdPartyFilter(py_logging.Filter):
     self.level = level
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if is_ours(record.pathname):
+    if is_ours(record):
       return True
     level = record.levelno
     if level == py_logging.WARNING and str(record.msg).startswith(EXPECTED_WARNINGS):

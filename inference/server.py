@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import json
+import logging as py_logging
 import math
 import os
 import sys
@@ -345,6 +346,13 @@ class AccessLogger(web_log.AccessLogger):
       super().log(request, response, elapsed)
 
 
+def _access_logger() -> py_logging.Logger:
+  """The access log's logger: INFO, and named as ours, so cli/logs.py passes it."""
+  logger = py_logging.getLogger("nmt.access")
+  logger.setLevel(py_logging.INFO)
+  return logger
+
+
 # aiohttp options of every runner of the app: cancel a handler whose client hung up,
 # so its sentences leave the queue before they are decoded.
 RUNNER_OPTIONS = {"handler_cancellation": True}
@@ -397,7 +405,7 @@ def serve(translator: Translator, config: ServerConfig, host: str, port: int,
   app = make_app(translator, config)
   web.run_app(app, host=host, port=port,
               shutdown_timeout=config.request_timeout_s + 5,
-              access_log=logging.get_absl_logger() if access_log else None,
+              access_log=_access_logger() if access_log else None,
               access_log_class=AccessLogger,
               print=lambda msg: logging.info("%s", msg), **RUNNER_OPTIONS)
   warmup = app[_STATE].warmup_thread

@@ -28,6 +28,9 @@ def test_library_records_pass_from_their_level_ours_always():
   expected = "CheckpointManagerOptions.read_only=True, setting create=False."
   assert not quiet.filter(_record(_LIBRARY, logging.WARNING, expected))
   assert loud.filter(_record(_LIBRARY, logging.WARNING, expected))
+  access = _record(_LIBRARY, logging.INFO)  # aiohttp writes the server's access log.
+  access.name = "nmt.access"
+  assert quiet.filter(access)
 
 
 _SCRIPT = """
