@@ -3,7 +3,9 @@
   python export.py --workdir=DIR --format=ctranslate2 --output=DIR [--quantization=int8]
   python export.py --config=configs/transformer_base.py --output=DIR  # Random weights.
 
-Needs the optional ctranslate2 package (inference/export.py). Prints one JSON line.
+Needs the optional ctranslate2 package (inference/export.py). The directory (with the
+run's spm.model and a SHA256SUMS manifest) replaces an earlier export whole, atomically.
+Prints one JSON line.
 """
 import json
 
@@ -31,6 +33,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _OUTPUT.value:
     raise app.UsageError("export.py needs --output=DIR, the model directory.")
+  try:  # Before the model loads.
+    export.check_output_dir(_OUTPUT.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   _, _, model = inference_flags.checkpoint_or_random("export.py")
   workdir = flags.FLAGS.workdir
   vocab = (tokenizer_lib.load_from_workdir(workdir) if workdir

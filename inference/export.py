@@ -17,11 +17,18 @@ makes the two compute the same function:
   the decoder starts from the pad piece (our start token), EOS is id 1, and
   `add_source_eos` appends EOS to the source as our tokenizer pipeline does.
 
+The directory also holds `spm.model` (the run's tokenizer, to turn text into the
+pieces CTranslate2 takes) and `SHA256SUMS` (storage/integrity.py). It is built beside
+the old one and swapped in whole (`files.replace_dir`), so a kill at any point
+leaves the previous export or the new one, complete, and no file of an older export
+stays behind.
+
 CTranslate2 is an optional dependency (`pip install 'nmt-enfr[ctranslate2]'`),
 imported only when exporting.
 """
 from collections.abc import Sequence
 import os
+import shutil
 
 from flax import nnx
 import jax
@@ -30,6 +37,11 @@ import numpy as np
 from data import tokenizer as tokenizer_lib
 from models import transformer
 from models.layers import sinusoid_table
+from storage import files
+from storage import integrity
+
+TOKENIZER_FILE = "spm.model"
+_EXPORT_FILES = ("model.bin", integrity.MANIFEST)  # What marks an export directory.
 
 
 def _f32(x) -> np.ndarray:
@@ -182,6 +194,46 @@ def build_spec(model: transformer.Transformer, pieces: Sequence[str]):
   return spec
 
 
+def check_output_dir(path) -> None:
+  """Raises ValueError if `path` is not a directory an export may replace.
+
+  New, empty, or a previous export (model.bin or SHA256SUMS): replaced whole. Any
+  other existing file or directory is refused, so an export never deletes files it
+  did not write. Called before the model loads.
+  """
+  path = os.fspath(path)
+  if files.is_remote(path):
+    raise ValueError(f"--output={path}: CTranslate2 writes local directories; export"
+                     " to a local path, then copy it.")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--output={path} is a file; give a directory (new, empty, or"
+                     " an earlier export).")
+  if (os.path.isdir(path) and os.listdir(path)
+      and not any(os.path.exists(os.path.join(path, f)) for f in _EXPORT_FILES)):
+    raise ValueError(f"--output={path} is a directory that holds other files and no"
+                     " export (no model.bin): exporting would replace it whole. Give"
+                     " a new or empty directory.")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.access(parent if os.path.isdir(parent) else "/", os.W_OK):
+    raise ValueError(f"--output={path}: cannot write in {parent}.")
+
+
+def _write_directory(spec, tokenizer_or_vocab, output_dir: str) -> None:
+  """spec.save, spm.model and SHA256SUMS into a staging directory, then swapped in."""
+  files.recover_dir(output_dir)
+  staging = files.staging_dir(output_dir)
+  try:
+    spec.save(staging)
+    if isinstance(tokenizer_or_vocab, tokenizer_lib.Tokenizer):
+      files.atomic_write(os.path.join(staging, TOKENIZER_FILE),
+                         tokenizer_or_vocab.proto)
+    integrity.write_manifest(staging)
+    files.replace_dir(staging, output_dir)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
 def export_ctranslate2(graphdef_or_model, params, model_config: transformer.TransformerConfig,
                        tokenizer_or_vocab, output_dir, quantization: str | None = None
                        ) -> str:
@@ -189,11 +241,14 @@ def export_ctranslate2(graphdef_or_model, params, model_config: transformer.Tran
 
   graphdef_or_model: an `nnx.GraphDef` with `params` (e.g. from `restore_params`),
   or a `Transformer` (then `params` may be None). tokenizer_or_vocab: the run's
-  `Tokenizer` or its pieces in id order. quantization: None keeps float32 weights;
-  "int8" (or any CTranslate2 quantization, e.g. "int8_float32", "float16") sets the
-  stored type. The directory is created if missing and overwritten.
+  `Tokenizer` (then written as spm.model too) or its pieces in id order.
+  quantization: None keeps float32 weights; "int8" (or any CTranslate2
+  quantization, e.g. "int8_float32", "float16") sets the stored type. The
+  directory is replaced whole, atomically (`check_output_dir` says which may be).
   """
   _import_ctranslate2()
+  output_dir = os.path.abspath(os.fspath(output_dir))
+  check_output_dir(output_dir)
   model = (graphdef_or_model if isinstance(graphdef_or_model, nnx.Module)
            else nnx.merge(graphdef_or_model, params))
   if model.cfg.with_dtype("float32") != model_config.with_dtype("float32"):
@@ -201,9 +256,7 @@ def export_ctranslate2(graphdef_or_model, params, model_config: transformer.Tran
                      f"({model.cfg}).")  # Dtypes aside: the export is float32 first.
   spec = build_spec(model, vocabulary(tokenizer_or_vocab))
   spec.optimize(quantization=quantization)
-  output_dir = os.fspath(output_dir)
-  os.makedirs(output_dir, exist_ok=True)
-  spec.save(output_dir)
+  _write_directory(spec, tokenizer_or_vocab, output_dir)
   return output_dir
 
 
