@@ -44,7 +44,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q 'pip==26.3'
-	$(PY) -m pip install -q -c $(LOCK) -e '.[test,ctranslate2,tensorboard]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test,ctranslate2,tensorboard,tpu]'
 	touch $@
 
 lock:

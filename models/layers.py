@@ -78,6 +78,31 @@ def attention_mask(q_segments: Array, kv_segments: Array, causal: bool = False) 
   return mask[:, None]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def attention_logits(spec: str, q: Array, k: Array) -> Array:
+  """einsum(spec, q, k) in float32, differentiated by dots in q's dtype.
+
+  JAX's transpose of a dot with preferred_element_type=float32 multiplies the float32
+  cotangent by the bf16 operand: a float32 dot (twice the bytes per element on TPU).
+  The backward pass here casts the cotangent to q's dtype first, so with bf16 compute
+  every dot of the train step is bf16; with float32 nothing changes.
+  """
+  return jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
+
+
+def _attention_logits_fwd(spec, q, k):
+  return attention_logits(spec, q, k), (q, k)
+
+
+def _attention_logits_bwd(spec, residuals, cotangent):
+  q, k = residuals
+  _, vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), q, k)
+  return vjp(cotangent.astype(q.dtype))
+
+
+attention_logits.defvjp(_attention_logits_fwd, _attention_logits_bwd)
+
+
 class MultiHeadAttention(nnx.Module):
   """Multi-head dot-product attention with separate projections for reuse in decoding.
 
@@ -129,8 +154,8 @@ class MultiHeadAttention(nnx.Module):
     x = x.reshape(batch, rows // batch * q_len, x.shape[-1])  # [batch, q, embed]
     q = self.query(x)  # [batch, q, heads, head_dim]
     q = q * q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bhdk->bhqk" if keys_transposed else "bqhd,bhkd->bhqk",
-                        q, k, preferred_element_type=jnp.float32)  # [batch, heads, q, kv]
+    logits = attention_logits("bqhd,bhdk->bhqk" if keys_transposed else "bqhd,bhkd->bhqk",
+                              q, k)  # [batch, heads, q, kv] float32
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic, rngs=rngs)

@@ -6,6 +6,11 @@ The compiling tests need libtpu (the [tpu] extra) and are skipped without it.
 import subprocess
 import sys
 
+from flax import nnx
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from aot import hlo
@@ -170,3 +175,47 @@ def test_pure_data_parallel_on_multi_host_v5e_16_all_reduces_and_gathers_nothing
   search = reports["beam_search"]["collectives"]
   assert "all-gather" not in search["per_step"]
   assert "all-gather" not in search["per_loop_iteration"]
+
+
+def _dot_operand_dtypes(jaxpr) -> list[tuple[str, ...]]:
+  """Operand dtypes of every dot_general in a jaxpr, sub-jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _dot_operand_dtypes(sub)
+  return found
+
+
+def _tiny_model(dtype: str):
+  from models import transformer  # pylint: disable=g-import-not-at-top
+  cfg = transformer.TransformerConfig(
+      vocab_size=128, pad_id=0, emb_dim=32, num_heads=4, num_encoder_layers=1,
+      num_decoder_layers=1, qkv_dim=32, mlp_dim=64, max_len=16, dtype=dtype,
+      dropout_rate=0.0, attention_dropout_rate=0.0)
+  graphdef, params = nnx.split(cfg.make_model()(), nnx.Param)
+  tokens = jnp.arange(2 * 8, dtype=jnp.int32).reshape(2, 8) % 127 + 1
+
+  def loss(p):
+    return nnx.merge(graphdef, p)(tokens, tokens).astype(jnp.float32).mean()
+  return loss, params
+
+
+def test_bf16_backward_pass_has_no_float32_dot():
+  """The compiled bf16 train step had float32 x bf16 dots: the gradients of the
+  attention logits (computed in float32) met the bf16 queries and keys."""
+  loss, params = _tiny_model("bfloat16")
+  dots = _dot_operand_dtypes(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  assert dots and not [d for d in dots if d != ("bfloat16", "bfloat16")]
+
+
+def test_float32_gradients_are_those_of_a_plain_einsum(monkeypatch):
+  from models import layers  # pylint: disable=g-import-not-at-top
+  loss, params = _tiny_model("float32")
+  ours = jax.grad(loss)(params)
+  monkeypatch.setattr(layers, "attention_logits", lambda spec, q, k: jnp.einsum(
+      spec, q, k, preferred_element_type=jnp.float32))
+  plain = jax.grad(loss)(params)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
