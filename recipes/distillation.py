@@ -4,9 +4,11 @@
 2. The teacher (its averaged checkpoint, its config.decode beam search) translates
    the source side of the training split into STUDENT/distill/train.<target_lang>,
    one line per example in the dataset's index order; STUDENT/distill/
-   train.<target_lang>.json records which teacher and settings made it. Chunks are
-   appended to a `.partial` file, so an interrupted run continues where it stopped,
-   and a finished file is reused, never one made by another teacher.
+   train.<target_lang>.json records which teacher and settings made it, and the
+   finished file's sha256. Chunks are appended to a `.partial` file (each synced
+   to disk), so an interrupted run, even one killed with SIGKILL, continues where
+   it stopped (a cut last line is dropped); a finished file is reused only if its
+   sha256 still matches, never one made by another teacher.
 3. The student trains on (source, teacher output) pairs (with
    `distill.with_references`, on the original pairs too) with
    `train_and_score.train_and_score`, which averages its last checkpoints and scores
@@ -35,6 +37,7 @@ from inference.translator import Translator
 from parallel import processes
 from recipes import train_and_score
 from storage import files
+from storage import integrity
 from storage import layout
 from training import validate
 
@@ -174,6 +177,11 @@ def lines_done(path: epath.Path, record: dict) -> int:
         + f"\nDelete {path.parent} to translate with this teacher, or use a new"
         " --workdir (the student trained on the old file is kept there).")
   if path.exists():
+    if "sha256" in saved and integrity.sha256(path) != saved["sha256"]:
+      raise ValueError(
+          f"{path} changed after the teacher wrote it: its sha256 is"
+          f" {integrity.sha256(path)[:12]}..., {record_file} says"
+          f" {saved['sha256'][:12]}.... Delete {path} to translate again.")
     done = _complete_lines(path)
     if done >= record["lines_needed"]:
       return done
@@ -229,7 +237,7 @@ def translate_train(config, workdir: str, teacher: str, checkpoint_dir: str
   def finish():
     _partial(path).rename(path)
     files.atomic_write(_record_path(path), json.dumps(
-        {**record, "lines": count}, indent=1))
+        {**record, "lines": count, "sha256": integrity.sha256(path)}, indent=1))
   processes.on_process_0(finish, f"finish {path}")
   return path, count
 

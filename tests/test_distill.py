@@ -12,6 +12,7 @@ from inference import evaluate
 from inference.translator import Translator
 from recipes import distillation
 from recipes import train_and_score
+from storage import integrity
 from storage import layout
 from training import validate
 
@@ -92,6 +93,19 @@ def test_resume_point_reuse_and_refusal_of_another_teachers_file(tmp_path):
     distillation.lines_done(path, _record(params_sha256="z"))
   (tmp_path / "distill" / "train.fr.json").unlink()
   with pytest.raises(ValueError, match="has no .*train.fr.json"):
+    distillation.lines_done(path, _record())
+
+
+def test_a_finished_file_that_changed_since_is_not_reused(tmp_path):
+  path = tmp_path / "distill" / "train.fr"
+  assert distillation.lines_done(path, _record()) == 0
+  path.write_bytes(b"un\ndeux\ntrois\n")
+  record_file = tmp_path / "distill" / "train.fr.json"
+  record_file.write_text(json.dumps({**_record(), "lines": 3,
+                                     "sha256": integrity.sha256(path)}))
+  assert distillation.lines_done(path, _record()) == 3
+  path.write_bytes(b"un\ndeux\ntroix\n")  # Same lines, one byte changed.
+  with pytest.raises(ValueError, match=r"train.fr changed after the teacher wrote it"):
     distillation.lines_done(path, _record())
 
 
