@@ -11,11 +11,16 @@ from typing import Any
 from flax import nnx
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 
 from data import tokenizer as tokenizer_lib
 from models import decoding
 from parallel.sharding import Partitioner
+
+# Batches of at least this many rows drop their done sentences as they go (in halves:
+# `Decoder._segmented`); smaller ones run the search in one call.
+MIN_ROWS_TO_COMPACT = 4
 
 # decode(inputs [batch, src_len] int32) -> (tokens [batch, nbest, out_len],
 #                                           scores [batch, nbest])
@@ -58,15 +63,60 @@ class Decoder:
   compilations. A compilation serves one (rows, bucket, beam_size, nbest) and KV cache
   length, static per source bucket: min(max_len, ceil(a * bucket + b)); alpha, a and
   b are traced, so new values of alpha do not recompile.
+
+  With `compact` (the default), a batch of MIN_ROWS_TO_COMPACT rows or more is
+  searched in segments: each stops once the live sentences fit in half its rows,
+  and the next runs on those only (padded to a power of two rows), so finished
+  sentences stop costing steps. The hypotheses are those of the one-call search.
   """
 
   def __init__(self, partitioner: Partitioner, settings: DecodeSettings, *,
-               max_len: int, nbest: int = 1):
+               max_len: int, nbest: int = 1, compact: bool = True):
     self.partitioner = partitioner
     self.settings = settings
     self.max_len = max_len
     self.nbest = nbest
+    self.compact = compact
     self._search = decoding.jit_beam_search(partitioner)
+    self._begin = partitioner.jit(decoding.begin_search, static_argnums=0,
+                                  static_argnames=("beam_size", "max_decode_len"))
+    self._continue = partitioner.jit(decoding.continue_search, static_argnums=0,
+                                     static_argnames=("eos_id", "nbest"),
+                                     donate_argnames=("segment",))
+    self._take = partitioner.jit(decoding.take_sentences)
+
+  def _segmented(self, graphdef, params, inputs: np.ndarray, s: DecodeSettings,
+                 max_decode_len: int, nbest: int) -> tuple[np.ndarray, np.ndarray]:
+    """The search of `inputs` in segments, dropping done sentences between them."""
+    rows = inputs.shape[0]
+    tokens = np.full((rows, nbest, max_decode_len), tokenizer_lib.PAD_ID, np.int32)
+    scores = np.full((rows, nbest), -np.inf, np.float32)
+    segment = self._begin(graphdef, params, global_batch(self.partitioner, inputs),
+                          float(s.max_len_a), float(s.max_len_b),
+                          beam_size=s.beam_size, max_decode_len=max_decode_len)
+    origin = np.arange(rows)  # The input row of each row of the segment; -1: padding.
+    while True:
+      n = len(origin)
+      # Stop once the live sentences fit in the next smaller power of two rows.
+      target = 1 << ((n - 1).bit_length() - 1) if n >= MIN_ROWS_TO_COMPACT else 0
+      segment, out, live = self._continue(graphdef, params, segment, float(s.alpha),
+                                          target, eos_id=tokenizer_lib.EOS_ID,
+                                          nbest=nbest)
+      live = np.asarray(live)
+      done = np.flatnonzero(~live & (origin >= 0))
+      if done.size:
+        tokens[origin[done]] = np.asarray(out.tokens)[done]
+        scores[origin[done]] = np.asarray(out.scores)[done]
+        origin[done] = -1
+      keep = np.flatnonzero(live)
+      if not keep.size:
+        return tokens, scores
+      size = 1 << (len(keep) - 1).bit_length()
+      # Padding rows repeat a done sentence: frozen, they take no part.
+      index = np.concatenate([keep, np.full(size - len(keep),
+                                            np.flatnonzero(~live)[0])])
+      segment = self._take(segment, jnp.asarray(index, jnp.int32))
+      origin = np.where(np.arange(size) < len(keep), origin[index], -1)
 
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
     """decode(inputs, settings=None, nbest=None); None: the Decoder's own."""
@@ -76,6 +126,10 @@ class Decoder:
       s = settings or self.settings
       max_decode_len = min(self.max_len, math.ceil(s.max_len_a * inputs.shape[1]
                                                    + s.max_len_b))
+      if (self.compact and inputs.shape[0] >= MIN_ROWS_TO_COMPACT
+          and jax.process_count() == 1):
+        return self._segmented(graphdef, params, inputs, s, max_decode_len,
+                               nbest or self.nbest)
       out = self._search(graphdef, params, global_batch(self.partitioner, inputs),
                          float(s.alpha), float(s.max_len_a), float(s.max_len_b),
                          eos_id=tokenizer_lib.EOS_ID, beam_size=s.beam_size,

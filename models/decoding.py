@@ -16,11 +16,13 @@ callers pass the tokenizer's `eos_id`.
 """
 from collections.abc import Callable
 
+import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
 
 from models import search
+from models.decode_state import CrossKV
 from models.search import Decoded
 from parallel.sharding import Partitioner
 
@@ -87,6 +89,64 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
 
 
 _STATIC = ("eos_id", "beam_size", "max_decode_len", "nbest", "forced_len")
+
+
+# A search in segments: `begin_search`, then `continue_search` until nothing is live,
+# with `take_sentences` between calls dropping the sentences that are done, so that
+# a batch costs what its live sentences need (inference/decoder.py drives it). It
+# runs the same steps on the same per-sentence state as `beam_search`.
+
+
+@flax.struct.dataclass
+class Segment:
+  """A beam search paused between calls: its state and what its steps read."""
+  state: search.BeamState  # Its cache is the model's DecodeCache.
+  cross_kv: CrossKV
+  src_mask: Array  # [batch, src_len] bool
+  max_len: Array  # [batch] int32 output limit, EOS included
+
+
+def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
+                 max_len_a: float | Array, max_len_b: float | Array, *,
+                 beam_size: int, max_decode_len: int) -> Segment:
+  """Encodes inputs [batch, src_len] and sets up the search; no step runs yet."""
+  model = nnx.merge(graphdef, params)
+  batch, pad_id = inputs.shape[0], model.cfg.pad_id
+  max_len = max_lengths(inputs, jnp.asarray(max_len_a, jnp.float32),
+                        jnp.asarray(max_len_b, jnp.float32), max_decode_len, pad_id)
+  state = search.init_state(model.init_cache(batch, max_decode_len, beam_size),
+                            batch=batch, beam_size=beam_size,
+                            max_decode_len=max_decode_len, pad_id=pad_id)
+  return Segment(state=state, cross_kv=model.precompute_cross_kv(model.encode(inputs)),
+                 src_mask=inputs != pad_id, max_len=max_len)
+
+
+def continue_search(graphdef: nnx.GraphDef, params: nnx.State, segment: Segment,
+                    alpha: float | Array, stop_at_live: int | Array, *, eos_id: int,
+                    nbest: int = 1) -> tuple[Segment, Decoded, Array]:
+  """Runs `segment` on until at most `stop_at_live` (traced; 0: none) sentences are
+  live; returns it, the n-best found so far and which sentences are live [batch]."""
+  model = nnx.merge(graphdef, params)
+  output_table = model.output_table()
+  state = segment.state
+
+  def step_fn(tokens, t, cache):
+    return model.decode_step(tokens, t, cache, segment.cross_kv, segment.src_mask,
+                             output_table)
+
+  state = search.run(step_fn, state, segment.max_len, jnp.asarray(alpha, jnp.float32),
+                     num_steps=state.alive_seqs.shape[2], eos_id=eos_id,
+                     pad_id=model.cfg.pad_id, stop_at_live=stop_at_live)
+  return (segment.replace(state=state), search.result(state, nbest, model.cfg.pad_id),
+          search.live_sentences(state))
+
+
+def take_sentences(segment: Segment, index: Array) -> Segment:
+  """The segment of sentences `index` [rows] (a gather: rows may repeat)."""
+  batch = segment.max_len.shape[0]
+  return jax.tree.map(
+      lambda x: jnp.take(x, index, axis=0) if x.ndim and x.shape[0] == batch else x,
+      segment)
 
 
 def jit_beam_search(partitioner: Partitioner) -> Callable[..., Decoded]:

@@ -258,6 +258,55 @@ def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
                        finished_lens=finished_lens)
 
 
+def init_state(cache: Cache, *, batch: int, beam_size: int, max_decode_len: int,
+               pad_id: int) -> BeamState:
+  """The state before the first step: beam 0 of each sentence live, nothing finished."""
+  beam = beam_size
+  seqs = jnp.full((batch, beam, max_decode_len), pad_id, jnp.int32)
+  # Only beam 0 is live at first: the others would repeat it.
+  alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)
+  return BeamState(
+      step=jnp.zeros((), jnp.int32), alive_seqs=seqs,
+      alive_logp=jnp.broadcast_to(alive_logp, (batch, beam)).astype(jnp.float32),
+      finished_seqs=seqs, finished_scores=jnp.full((batch, beam), NEG_INF),
+      finished_lens=jnp.zeros((batch, beam), jnp.int32), cache=cache)
+
+
+def live_sentences(state: BeamState) -> Array:
+  """[batch] bool: sentences with a live hypothesis, i.e. not yet done."""
+  return jnp.any(state.alive_logp > NEG_INF, axis=1)
+
+
+def run(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array, *,
+        num_steps: int, eos_id: int, pad_id: int, suppress_eos: bool = False,
+        stop_at_live: Array | int = 0) -> BeamState:
+  """Steps until nothing is live, `num_steps` steps are done, or at most
+  `stop_at_live` (traced) sentences are live; 0 runs the search to its end.
+
+  Stopping early leaves a state that continues exactly where it stopped: a caller
+  may drop the done sentences from it first (`inference/decoder.py` does, so a
+  batch costs what its live sentences need).
+  """
+  def cond(s: BeamState) -> Array:
+    live = jnp.sum(live_sentences(s))
+    return (s.step < num_steps) & (live > 0) & ((stop_at_live == 0)
+                                                | (live > stop_at_live))
+
+  def body(s: BeamState) -> BeamState:
+    return _step(step_fn, s, max_len, alpha, eos_id, pad_id, suppress_eos)
+
+  return lax.while_loop(cond, body, state)
+
+
+def result(state: BeamState, nbest: int, pad_id: int) -> Decoded:
+  """The n-best of each sentence of a finished (or frozen) state."""
+  scores = state.finished_scores[:, :nbest]  # [batch, nbest]
+  found = scores > NEG_INF  # Fewer than nbest only with a tiny vocabulary/max length.
+  tokens = jnp.where(found[..., None], state.finished_seqs[:, :nbest], pad_id)
+  lengths = jnp.where(found, state.finished_lens[:, :nbest], 0)
+  return Decoded(tokens=tokens, scores=scores, lengths=lengths, steps=state.step)
+
+
 def search(step_fn: StepFn, cache: Cache, max_len: Array, alpha: Array, *,
            batch: int, beam_size: int, max_decode_len: int, num_steps: int,
            eos_id: int, pad_id: int, nbest: int = 1, suppress_eos: bool = False
@@ -271,25 +320,8 @@ def search(step_fn: StepFn, cache: Cache, max_len: Array, alpha: Array, *,
   """
   if not 1 <= nbest <= beam_size:
     raise ValueError(f"nbest={nbest} must be between 1 and beam_size={beam_size}.")
-  beam = beam_size
-  seqs = jnp.full((batch, beam, max_decode_len), pad_id, jnp.int32)
-  # Only beam 0 is live at first: the others would repeat it.
-  alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)
-  state = BeamState(
-      step=jnp.zeros((), jnp.int32), alive_seqs=seqs,
-      alive_logp=jnp.broadcast_to(alive_logp, (batch, beam)).astype(jnp.float32),
-      finished_seqs=seqs, finished_scores=jnp.full((batch, beam), NEG_INF),
-      finished_lens=jnp.zeros((batch, beam), jnp.int32), cache=cache)
-
-  def cond(s: BeamState) -> Array:
-    return (s.step < num_steps) & jnp.any(s.alive_logp > NEG_INF)
-
-  def body(s: BeamState) -> BeamState:
-    return _step(step_fn, s, max_len, alpha, eos_id, pad_id, suppress_eos)
-
-  state = lax.while_loop(cond, body, state)
-  scores = state.finished_scores[:, :nbest]  # [batch, nbest]
-  found = scores > NEG_INF  # Fewer than nbest only with a tiny vocabulary/max length.
-  tokens = jnp.where(found[..., None], state.finished_seqs[:, :nbest], pad_id)
-  lengths = jnp.where(found, state.finished_lens[:, :nbest], 0)
-  return Decoded(tokens=tokens, scores=scores, lengths=lengths, steps=state.step)
+  state = init_state(cache, batch=batch, beam_size=beam_size,
+                     max_decode_len=max_decode_len, pad_id=pad_id)
+  state = run(step_fn, state, max_len, alpha, num_steps=num_steps, eos_id=eos_id,
+              pad_id=pad_id, suppress_eos=suppress_eos)
+  return result(state, nbest, pad_id)

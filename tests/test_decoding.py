@@ -14,6 +14,8 @@ from flax import nnx
 
 from data.tokenizer import EOS_ID as EOS
 from data.tokenizer import PAD_ID
+from inference.decoder import DecodeSettings
+from inference.decoder import Decoder
 from models import Transformer, TransformerConfig, decoding
 from models.search import live_score_bound
 from parallel import mesh as mesh_lib
@@ -310,3 +312,30 @@ def test_bad_arguments(parts):
     decoding.beam_search(*args, eos_id=EOS, beam_size=2, max_decode_len=4, forced_len=5)
   with pytest.raises(ValueError, match="max_len"):
     decoding.beam_search(*args, eos_id=EOS, beam_size=2, max_decode_len=65)
+
+
+def _decoders(partitioner):
+  """(segmented, one-call) Decoders of the tests' search settings."""
+  settings = DecodeSettings(beam_size=BEAM, alpha=ALPHA, max_len_a=A, max_len_b=B)
+  return [Decoder(partitioner, settings, max_len=MAX_DECODE_LEN, nbest=BEAM,
+                  compact=compact) for compact in (True, False)]
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (4, 2, 1)])
+def test_segments_dropping_done_sentences_match_the_one_call_search(parts, eos_params,
+                                                                     mesh_shape):
+  """8 sentences of different max lengths: the segmented search (done sentences
+  dropped as it goes) gives every sentence the one-call search's n-best."""
+  graphdef, params = parts
+  devices = jax.devices()[:int(np.prod(mesh_shape))]
+  partitioner = Partitioner(mesh_lib.create_mesh(mesh_shape, devices))
+  segmented, plain = _decoders(partitioner)
+  takes = []
+  segmented._take = lambda seg, index, take=segmented._take: takes.append(
+      len(index)) or take(seg, index)
+  batch = np.insert(NEIGHBOURS, 5, np.pad(SENTENCE, (0, 5)), axis=0)
+  for p in (params, eos_params):
+    got, expected = (d.bind(graphdef, p)(batch) for d in (segmented, plain))
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1], atol=TOL)
+  assert takes and min(takes) < len(batch)  # Sentences were dropped on the way.
