@@ -57,7 +57,8 @@ def teacher_checkpoint_dir(teacher: str, given: str | None = None) -> str:
   config = layout.read_config(teacher)
   directory = layout.final_average_dir(teacher)
   steps = layout.checkpoint_steps(directory) if directory else []
-  what = f"its average of the last {config.average_last_checkpoints} checkpoints"
+  what = (f"its average of the last {config.get('average_last_checkpoints')}"
+          " checkpoints")
   if not steps:
     directory = layout.checkpoint_dir(teacher)
     steps = layout.checkpoint_steps(directory)

@@ -48,8 +48,12 @@ def averaged_dir(workdir, count: int) -> epath.Path:
 
 
 def final_average_dir(workdir) -> epath.Path | None:
-  """The average a finished recipe scored (results.json), or None if it has none."""
-  directory = averaged_dir(workdir, read_config(workdir).average_last_checkpoints)
+  """The average a finished recipe scored (results.json), or None if it has none
+  (also for a config.json from before `average_last_checkpoints` existed)."""
+  count = read_config(workdir).get("average_last_checkpoints")
+  if count is None:
+    return None
+  directory = averaged_dir(workdir, count)
   return directory if directory.exists() else None
 
 

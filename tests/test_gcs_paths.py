@@ -21,7 +21,9 @@ from data import datasets
 from data import multi30k
 from data import tokenizer as tokenizer_lib
 from recipes import prepare
+from inference import text_io
 from storage import files
+from storage import integrity
 from storage import layout
 from tests.conftest import REPO
 from training import lock
@@ -163,3 +165,22 @@ def test_the_gcs_extra_installs_what_gs_paths_need():
   assert any(r.startswith(("gcsfs", "etils[epath-gcs]")) for r in extra), extra
   assert any(r.startswith("google-cloud-storage") for r in extra), extra
 
+
+
+def test_manifests_and_outputs_on_a_bucket(bucket):
+  directory = epath.Path(WORKDIR) / "averaged_last2" / "4"
+  (directory / "params").mkdir(parents=True)
+  (directory / "params" / "weights").write_bytes(b"\x01" * 64)
+  (directory / "_CHECKPOINT_METADATA").write_text("{}")
+  integrity.write_manifest(directory)
+  assert set(integrity.read_manifest(directory)) == {"_CHECKPOINT_METADATA",
+                                                     "params/weights"}
+  assert integrity.verify(directory, under="params")
+  (directory / "params" / "weights").write_bytes(b"\x02" * 64)  # Same size.
+  with pytest.raises(integrity.IntegrityError, match="params/weights: sha256"):
+    integrity.verify(directory)
+  output = f"{WORKDIR}/out.fr"
+  text_io.check_output_path(output)
+  with text_io.open_output(output) as out:
+    out.write(b"un chien\n")
+  assert epath.Path(output).read_bytes() == b"un chien\n"

@@ -252,3 +252,12 @@ def test_resume_keeps_the_replaced_config_and_says_what_changed(prepared, tmp_pa
   new.learning_rate *= 2
   with pytest.raises(validate.ScheduleChangeError, match=r"learning_rate"):
     run_record.check_resumed_config(new, tmp_path, start_step=2)
+
+
+def test_a_workdir_from_an_older_config_schema_has_no_final_average(prepared,
+                                                                    tmp_path):
+  config = prepared[0].to_dict()
+  del config["average_last_checkpoints"]  # A config.json from before the field.
+  (tmp_path / "config.json").write_text(json.dumps(config, default=list))
+  (tmp_path / "averaged_last5").mkdir()
+  assert layout.final_average_dir(tmp_path) is None
