@@ -13,7 +13,7 @@ import pytest
 
 from storage import integrity
 from storage import layout
-from tests.conftest import train_in
+from tests.conftest import train_smoke
 from training import checkpoints
 from training import steps
 from training import trainer as trainer_lib
@@ -138,15 +138,11 @@ def test_a_damaged_manifest_is_an_error_naming_its_line(tmp_path):
 @pytest.mark.slow  # Runs the trainer twice.
 def test_divergence_names_the_last_checkpoint_that_restored_intact(prepared, tmp_path,
                                                                   monkeypatch):
-  config = prepared[0].copy_and_resolve_references()
-  config.num_train_steps, config.checkpoint_every_steps = 4, 2
-  config.eval_every_steps = 100
   workdir = tmp_path / "run"
   workdir.mkdir()
-  (workdir / "spm.model").write_bytes((prepared[1] / "spm.model").read_bytes())
-  train_in(config, workdir, prepared)
+  fields = {"checkpoint_every_steps": 2, "eval_every_steps": 100}
+  train_smoke(prepared, workdir, num_train_steps=4, **fields)
   flip_bytes(workdir / "checkpoints/4")
-  config.num_train_steps = 8
   step_fn = trainer_lib.Trainer._step  # pylint: disable=protected-access
 
   def diverging_step(self, *args):
@@ -155,4 +151,4 @@ def test_divergence_names_the_last_checkpoint_that_restored_intact(prepared, tmp
   monkeypatch.setattr(trainer_lib.Trainer, "_step", diverging_step)
   with pytest.raises(trainer_lib.NonFiniteLossError,
                      match=r"last good checkpoint .* is step 2 in"):
-    train_in(config, workdir, prepared)
+    train_smoke(prepared, workdir, num_train_steps=8, **fields)

@@ -6,6 +6,7 @@ The fault-injection tests run the real writers (`layout.save_params`, which
 average.py uses, and `export.export_ctranslate2`) in a loop in a subprocess and
 SIGKILL it after a random delay, a few times each.
 """
+import errno
 import os
 import random
 import signal
@@ -156,3 +157,17 @@ def test_a_writer_killed_at_a_random_moment_leaves_a_complete_output(tmp_path, k
   else:
     _export(target)
   assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_full_disk_during_an_export_keeps_the_old_one(tmp_path, monkeypatch):
+  directory = tmp_path / "ct2"
+  _export(directory)
+  before = integrity.read_manifest(directory)
+
+  def full_disk(self, path):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+  monkeypatch.setattr(ctranslate2.specs.TransformerSpec, "save", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    _export(directory, seed=1)
+  assert integrity.read_manifest(directory) == before and integrity.verify(directory)
+  assert sorted(os.listdir(tmp_path)) == ["ct2"]

@@ -1,6 +1,7 @@
 """Outputs behave like a shell redirect that is never seen half-written: FIFOs and
 devices written in place, symlinks written through, modes kept, the input never
 overwritten; bad --input/--output refused before the model loads."""
+import errno
 import os
 import stat
 import subprocess
@@ -97,3 +98,15 @@ def test_bad_paths_are_flag_errors_before_the_model_loads(tmp_path):
   result = _infer("--mode=score", no_run, f"--input={source}", f"--output={source}")
   assert result.returncode != 0 and "is the input file" in result.stderr.decode()
   assert source.read_text() == "A dog.\n"
+
+
+def test_a_full_disk_keeps_the_old_output_and_leaves_no_temporary_file(tmp_path):
+  output = tmp_path / "out.fr"
+  output.write_text("old\n")
+  with pytest.raises(OSError) as failure:
+    with text_io.open_output(str(output)) as out:
+      out.write(b"new\n")
+      raise OSError(errno.ENOSPC, "No space left on device")  # As write() would.
+  assert failure.value.errno == errno.ENOSPC
+  assert output.read_text() == "old\n"
+  assert os.listdir(tmp_path) == ["out.fr"]
