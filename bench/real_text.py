@@ -24,7 +24,6 @@ one `ratio` line per (precision, mode): ours over CTranslate2's best thread sett
 then the `cold` lines. Only same-run ratios compare machines.
 """
 import collections
-import gzip
 import json
 import os
 import statistics
@@ -78,12 +77,6 @@ _MAX_SENTENCES = flags.DEFINE_integer("max_sentences", 0, "Use the first N lines
 _COLD = flags.DEFINE_bool("cold", True, "Measure cold starts in subprocesses.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke test: 16 lines, 1 round, batches"
                            " 1 and 8, 1 thread, float32, one warm-cache cold start.")
-
-
-def read_lines(path: str) -> list[str]:
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    return [line.rstrip("\n") for line in f]
 
 
 def _checkpoint_dir() -> str | None:
@@ -238,8 +231,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   settings = _settings()
-  lines = read_lines(_INPUT.value)
-  references = read_lines(_REFERENCE.value) if _REFERENCE.value else None
+  lines = engines_lib.read_lines(_INPUT.value)
+  references = engines_lib.read_lines(_REFERENCE.value) if _REFERENCE.value else None
   if references is not None and len(references) != len(lines):
     raise app.UsageError(f"--reference has {len(references)} lines, --input"
                          f" {len(lines)}: give line-aligned files.")

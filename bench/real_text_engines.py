@@ -11,6 +11,7 @@ CTranslate2 cold start (bench/real_text_cold.py) imports only what its users wou
 """
 from collections.abc import Sequence
 import dataclasses
+import gzip
 import math
 import os
 
@@ -19,6 +20,13 @@ import os
 os.environ.setdefault("CT2_USE_MKL", "1")
 
 Output = tuple[list[str], int]  # (one text per line, target tokens without EOS)
+
+
+def read_lines(path: str) -> list[str]:
+  """The lines of a text file, read as gzip if its name ends in .gz."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt", encoding="utf-8") as f:
+    return [line.rstrip("\n") for line in f]
 
 
 @dataclasses.dataclass
