@@ -45,6 +45,7 @@ from inference import scoring
 from inference import serving_metrics
 from inference.translator import Translation
 from inference.translator import Translator
+from models import limits
 
 # Routes that are neither counted in nmt_requests_total nor written to the access log.
 PROBES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
@@ -60,7 +61,7 @@ class ServerConfig:
   max_request_sentences: int = 256  # Per request; more gets 400.
   max_body_bytes: int = 1 << 20  # More gets 413.
   request_timeout_s: float = 60.0  # Longer gets 504.
-  max_beam_size: int = 16
+  max_beam_size: int = limits.MAX_BEAM_SIZE  # The CLI's and training's cap too.
   max_alpha: float = 10.0  # Length-penalty exponents above it get 400.
   warmup: bool = True  # Compile every batch shape before /readyz says ready.
   model_name: str = "nmt-enfr"  # The `id` that /v1/models reports.
