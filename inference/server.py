@@ -26,7 +26,6 @@ answers the requests in flight and exits 0; during warm-up it exits at once.
 import asyncio
 import concurrent.futures
 import dataclasses
-import json
 import logging as py_logging
 import math
 import os
@@ -41,6 +40,8 @@ import jax
 
 from inference import bucketing
 from inference import dynamic_batching
+from inference import request_parsing
+from inference.request_parsing import ClientError
 from inference import scoring
 from inference import serving_metrics
 from inference.translator import Translation
@@ -65,19 +66,6 @@ class ServerConfig:
   max_alpha: float = 10.0  # Length-penalty exponents above it get 400.
   warmup: bool = True  # Compile every batch shape before /readyz says ready.
   model_name: str = "nmt-enfr"  # The `id` that /v1/models reports.
-
-
-class _Error(Exception):
-  """A client-facing error: HTTP status, stable `code`, message naming the fix."""
-
-  def __init__(self, status: int, code: str, message: str,
-               retry_after: int | None = None):
-    super().__init__(message)
-    self.status, self.code, self.retry_after = status, code, retry_after
-
-
-# Stable codes of aiohttp's own errors (routing, body size).
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
 def _finite(x: float | None) -> float | None:
@@ -170,87 +158,38 @@ class _State:
     cancelled and the batcher drops the sentences that still wait.
     """
     if not self.ready or self.draining:
-      raise _Error(503, "warming_up" if not self.ready else "shutting_down",
-                   "warming up: compiling the decoder" if not self.ready
-                   else "shutting down", retry_after=5)
+      raise ClientError(503, "warming_up" if not self.ready else "shutting_down",
+                        "warming up: compiling the decoder" if not self.ready
+                        else "shutting down", retry_after=5)
     try:
       futures = self.batcher.submit(jobs)
     except dynamic_batching.QueueFull as e:
-      raise _Error(503, "queue_full", f"queue full: {e}", retry_after=1) from None
+      raise ClientError(503, "queue_full", f"queue full: {e}", retry_after=1) from None
     try:
       return await asyncio.wait_for(asyncio.gather(*futures),
                                     self.config.request_timeout_s)
     except TimeoutError:
-      raise _Error(504, "timeout", f"not done within {self.config.request_timeout_s}"
-                   " s; send fewer sentences per request or retry later.") from None
+      raise ClientError(504, "timeout", f"not done within"
+                        f" {self.config.request_timeout_s} s; send fewer sentences"
+                        " per request or retry later.") from None
 
 
 _STATE = web.AppKey("state", _State)
 
 
-async def _body(request: web.Request, allowed: set[str]) -> dict:
-  """The request's JSON object; 400 unless it is one with only `allowed` fields."""
-  try:
-    body = json.loads(await request.text())
-  except UnicodeDecodeError:
-    raise _Error(400, "invalid_json", "body is not UTF-8.") from None
-  except RecursionError:
-    raise _Error(400, "invalid_json", "body is not valid JSON: nested too deep.") from None
-  except ValueError as e:  # JSONDecodeError, and integers of over 4300 digits.
-    raise _Error(400, "invalid_json", f"body is not valid JSON: {e}") from None
-  if not isinstance(body, dict):
-    raise _Error(400, "invalid_body",
-                 f"body must be a JSON object, not {type(body).__name__}.")
-  if unknown := set(body) - allowed:
-    raise _Error(400, "unknown_field",
-                 f"unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}.")
-  return body
-
-
-def _texts(body: dict, field: str, limit: int) -> list[str]:
-  texts = body.get(field)
-  if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-    raise _Error(400, "invalid_field", f'"{field}" must be a list of strings.')
-  if len(texts) > limit:
-    raise _Error(400, "too_many_sentences", f'"{field}" has {len(texts)} sentences;'
-                 f" at most {limit} per request.")
-  for i, text in enumerate(texts):
-    try:
-      text.encode("utf-8")
-    except UnicodeEncodeError as e:  # A lone surrogate such as "\\ud800".
-      raise _Error(400, "invalid_field", f'"{field}"[{i}] holds a lone surrogate'
-                   f" (\\u{ord(text[e.start]):04x}): send UTF-16 pairs whole.") from None
-  return texts
-
-
-def _option(body: dict, field: str, kind: type, limit: float) -> int | float | None:
-  """body[field] as `kind` (int, or float accepting ints) up to `limit`, or None."""
-  value = body.get(field)
-  if value is None:
-    return None
-  accepted = int if kind is int else (int, float)
-  if isinstance(value, bool) or not isinstance(value, accepted):
-    raise _Error(400, "invalid_field", f'"{field}" must be'
-                 f' {"an integer" if kind is int else "a number"},'
-                 f" not {json.dumps(value)[:40]}.")
-  if value > limit:  # Before float(): a 400-digit integer does not fit in one.
-    raise _Error(400, "invalid_field", f'"{field}" {str(value)[:40]} is over the'
-                 f" limit of {limit}.")
-  return kind(value)
-
-
 async def _translate(request: web.Request) -> web.Response:
   state: _State = request.app[_STATE]
   config = state.config
-  body = await _body(request, {"text", "beam_size", "alpha", "nbest"})
-  texts = _texts(body, "text", config.max_request_sentences)
-  beam = _option(body, "beam_size", int, config.max_beam_size)
+  body = await request_parsing.json_body(request,
+                                         {"text", "beam_size", "alpha", "nbest"})
+  texts = request_parsing.texts(body, "text", config.max_request_sentences)
+  beam = request_parsing.number(body, "beam_size", int, config.max_beam_size)
   try:
     settings, nbest = state.translator.options(
-        beam, _option(body, "alpha", float, config.max_alpha),
-        _option(body, "nbest", int, config.max_beam_size))
+        beam, request_parsing.number(body, "alpha", float, config.max_alpha),
+        request_parsing.number(body, "nbest", int, config.max_beam_size))
   except ValueError as e:
-    raise _Error(400, "invalid_field", str(e)) from None
+    raise ClientError(400, "invalid_field", str(e)) from None
   sources = state.translator.tokenize(texts)
   todo = [s for s in sources if s.ids]  # Empty lines never reach the model.
   results = await state.gather([(("translate", bucketing.bucket(len(s.ids)), settings,
@@ -264,12 +203,13 @@ async def _translate(request: web.Request) -> web.Response:
 
 async def _score_handler(request: web.Request) -> web.Response:
   state: _State = request.app[_STATE]
-  body = await _body(request, {"source", "target"})
+  body = await request_parsing.json_body(request, {"source", "target"})
   limit = state.config.max_request_sentences
-  sources, targets = _texts(body, "source", limit), _texts(body, "target", limit)
+  sources = request_parsing.texts(body, "source", limit)
+  targets = request_parsing.texts(body, "target", limit)
   if len(sources) != len(targets):
-    raise _Error(400, "invalid_field", f'"source" has {len(sources)} sentences but'
-                 f' "target" has {len(targets)}; give one target per source.')
+    raise ClientError(400, "invalid_field", f'"source" has {len(sources)} sentences'
+                      f' but "target" has {len(targets)}; give one target per source.')
   pairs = scoring.tokenize(sources, targets, state.translator.tokenizer,
                            state.translator.max_len, "<request>")
   results = await state.gather([(("score", bucketing.bucket(p.length)), p)
@@ -300,25 +240,20 @@ async def _metrics(request: web.Request) -> web.Response:
   return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def _error_response(status: int, code: str, message: str, headers=None) -> web.Response:
-  return web.json_response({"error": message, "code": code}, status=status,
-                           headers=headers)
-
-
 async def _respond(request: web.Request, handler) -> web.StreamResponse:
   """The handler's response, or the JSON error body of what it raised."""
   try:
     return await handler(request)
-  except _Error as e:
+  except ClientError as e:
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
-    return _error_response(e.status, e.code, str(e), headers)
+    return request_parsing.error_response(e.status, e.code, str(e), headers)
   except web.HTTPException as e:  # 404, 405, 413 (body over client_max_size), ...
-    return _error_response(e.status, _HTTP_CODES.get(e.status, "http_error"),
-                           e.text or e.reason,
-                           {k: v for k, v in e.headers.items() if k != "Content-Type"})
+    code = request_parsing.HTTP_CODES.get(e.status, "http_error")
+    headers = {k: v for k, v in e.headers.items() if k != "Content-Type"}
+    return request_parsing.error_response(e.status, code, e.text or e.reason, headers)
   except Exception as e:  # pylint: disable=broad-except
     logging.exception("%s %s failed.", request.method, request.path)
-    return _error_response(500, "internal", f"internal error: {e!r}")
+    return request_parsing.error_response(500, "internal", f"internal error: {e!r}")
 
 
 @web.middleware
