@@ -158,9 +158,13 @@ def test_a_bad_config_stops_before_anything_is_written(prepared, tmp_path):
   log = tmp_path / "run.log"
   with open(log, "w") as f:
     proc = _start(_command(prepared, tmp_path / "run", "--config.decode.beam_size=0",
-                           "--config.checkpoint_every_steps=0"), f)
+                           "--config.checkpoint_every_steps=0",
+                           "--config.model.num_heads=5", "--config.decode.alpha=nan"),
+                  f)
     assert proc.wait(TIMEOUT) != 0
   text = log.read_text()
   assert "config.decode.beam_size=0" in text, text[-3000:]
   assert "config.checkpoint_every_steps=0" in text
+  assert "config.model.emb_dim=32: must be a multiple of model.num_heads=5" in text
+  assert "config.decode.alpha=nan: must be a finite number >= 0" in text
   assert not (tmp_path / "run").exists()
