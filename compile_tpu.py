@@ -78,6 +78,8 @@ def main(argv):
                          f" devices): {e}") from e
   partitioner = Partitioner(mesh, config.logical_axis_rules)
   vocab_size = _VOCAB.value or config.data.vocab_size
+  config_name = os.path.basename(
+      config_flags.get_config_filename(flags.FLAGS["config"]))
   failed = False
   for lowered in _lowered(config, vocab_size, partitioner, _PROGRAMS.value):
     line = {"program": lowered.name, "topology": _TOPOLOGY.value,
@@ -95,7 +97,7 @@ def main(argv):
         with open(os.path.join(_HLO_DIR.value, f"{lowered.name}{suffix}.hlo.txt"),
                   "w", encoding="utf-8") as f:
           f.write(compiled.as_text())
-    print(json.dumps(line), flush=True)
+    print(json.dumps({"config": config_name, **line}), flush=True)
   sys.exit(1 if failed else 0)
 
 

@@ -90,4 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.pre_layer_norm = True  # Pre-LN blocks (False: post-LN as in Vaswani et al.).
   model.dtype = "float32"  # Compute dtype ('bfloat16' on GPU/TPU).
   model.param_dtype = "float32"  # Parameter dtype.
+  # Recompute each layer's activations in the backward pass instead of keeping them:
+  # one more forward pass per step, for a batch that would not fit otherwise (docs/tpu.md).
+  model.remat = False
   return config

@@ -47,6 +47,7 @@ class TransformerConfig:
   pre_layer_norm: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
+  remat: bool = False  # Recompute each layer in the backward pass (less memory).
 
   def __post_init__(self):
     # The one check of the head split; MultiHeadAttention trusts it.
@@ -273,6 +274,15 @@ class Transformer(nnx.Module):
   def _target_table(self) -> nnx.Embed:
     return self.embed if self.target_embed is None else self.target_embed
 
+  def _run_layer(self, layer: nnx.Module, *args, deterministic: bool, rngs):
+    """layer(*args, ...); with `cfg.remat`, its activations are recomputed in the
+    backward pass instead of kept (jax.checkpoint), for batches that would not fit."""
+    if not self.cfg.remat:
+      return layer(*args, deterministic=deterministic, rngs=rngs)
+    call = nnx.remat(lambda layer, rngs, *args: layer(
+        *args, deterministic=deterministic, rngs=rngs))
+    return call(layer, rngs, *args)
+
   def encode(self, inputs: Array, *, inputs_segment_ids: Array | None = None,
              inputs_positions: Array | None = None, deterministic: bool = True,
              rngs=None) -> Array:
@@ -283,7 +293,7 @@ class Transformer(nnx.Module):
     x = self._embed(self.embed, inputs, _positions(inputs, inputs_positions),
                     deterministic, rngs)
     for layer in self.encoder_layers:
-      x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+      x = self._run_layer(layer, x, mask, deterministic=deterministic, rngs=rngs)
     return x if self.encoder_norm is None else self.encoder_norm(x)
 
   def decode(self, encoded: Array, inputs: Array, targets: Array, *,
@@ -306,7 +316,8 @@ class Transformer(nnx.Module):
                     _positions(targets, targets_positions), deterministic, rngs)
     for layer in self.decoder_layers:
       k, v = layer.cross_attn.project_kv(encoded)  # [batch, heads, src_len, head_dim]
-      y, _ = layer(y, self_mask, k, v, cross_mask, deterministic=deterministic, rngs=rngs)
+      y, _ = self._run_layer(layer, y, self_mask, k, v, cross_mask,
+                             deterministic=deterministic, rngs=rngs)
     return self._logits(y)
 
   def __call__(self, inputs: Array, targets: Array, *,

@@ -177,28 +177,34 @@ def test_pure_data_parallel_on_multi_host_v5e_16_all_reduces_and_gathers_nothing
   assert "all-gather" not in search["per_loop_iteration"]
 
 
+def _equations(jaxpr):
+  """Every equation of a jaxpr, those of its sub-jaxprs included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _equations(sub)
+
+
 def _dot_operand_dtypes(jaxpr) -> list[tuple[str, ...]]:
   """Operand dtypes of every dot_general in a jaxpr, sub-jaxprs included."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      found += _dot_operand_dtypes(sub)
-  return found
+  return [tuple(str(v.aval.dtype) for v in e.invars) for e in _equations(jaxpr)
+          if e.primitive.name == "dot_general"]
 
 
-def _tiny_model(dtype: str):
+def _tiny_model(dtype: str, rows: int = 2, **overrides):
+  """(loss of params, params) of a small Transformer; dropout on if a rate is given."""
   from models import transformer  # pylint: disable=g-import-not-at-top
-  cfg = transformer.TransformerConfig(
-      vocab_size=128, pad_id=0, emb_dim=32, num_heads=4, num_encoder_layers=1,
-      num_decoder_layers=1, qkv_dim=32, mlp_dim=64, max_len=16, dtype=dtype,
-      dropout_rate=0.0, attention_dropout_rate=0.0)
+  cfg = transformer.TransformerConfig(**{
+      **dict(vocab_size=128, pad_id=0, emb_dim=32, num_heads=4, num_encoder_layers=1,
+             num_decoder_layers=1, qkv_dim=32, mlp_dim=64, max_len=16, dtype=dtype,
+             dropout_rate=0.0, attention_dropout_rate=0.0), **overrides})
   graphdef, params = nnx.split(cfg.make_model()(), nnx.Param)
-  tokens = jnp.arange(2 * 8, dtype=jnp.int32).reshape(2, 8) % 127 + 1
+  tokens = jnp.arange(rows * 8, dtype=jnp.int32).reshape(rows, 8) % 127 + 1
 
   def loss(p):
-    return nnx.merge(graphdef, p)(tokens, tokens).astype(jnp.float32).mean()
+    logits = nnx.merge(graphdef, p)(tokens, tokens, deterministic=False,
+                                    rngs=jax.random.key(0))
+    return logits.astype(jnp.float32).mean()
   return loss, params
 
 
@@ -219,3 +225,50 @@ def test_float32_gradients_are_those_of_a_plain_einsum(monkeypatch):
   plain = jax.grad(loss)(params)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_table_rows_show_fit_collectives_and_errors():
+  from aot import table  # pylint: disable=g-import-not-at-top
+  line = {"config": "smoke.py", "program": "train_step", "topology": "v5e-16",
+          "chips": 16, "hosts": 4, "mesh": {"data": 16, "fsdp": 1, "tensor": 1},
+          "batch": 16, "length": 32, "compile_s": 18.2,
+          "memory": {"fits": True, "peak_gib": 0.5, "hbm_gib": 16.0,
+                     "arguments_gib": 0.25, "temporaries_gib": 0.125},
+          "collectives": {"per_step": {"all-reduce": {"count": 3, "bytes": 2**20}}},
+          "roofline": {"step_s": 0.002, "bound_by": "hbm", "mfu": 0.25}}
+  row = table.training_row(line)
+  assert "| v5e-16 16 chips / 4 hosts | 16x1x1 | 16x32 | yes | 0.5 / 16 |" in row
+  assert "AR 3x 1 |" in row and "2 (hbm) | 25.0% |" in row
+  failed = {**line, "error": "train_step needs 20 GiB"}
+  assert "| no: train_step needs 20 GiB |" in table.training_row(failed)
+
+
+def test_remat_recomputes_every_layer_and_gives_the_same_gradients():
+  """config.model.remat: each layer's activations are recomputed in the backward
+  pass (one checkpoint per layer), and the gradients, dropout included, are equal."""
+  kw = dict(num_encoder_layers=2, num_decoder_layers=3, dropout_rate=0.1)
+  plain_loss, params = _tiny_model("float32", **kw)
+  remat_loss, _ = _tiny_model("float32", remat=True, **kw)
+  jaxpr = jax.make_jaxpr(jax.grad(remat_loss))(params).jaxpr
+  assert sum(e.primitive.name.startswith("remat") for e in _equations(jaxpr)) == 5
+  plain, remat = jax.jit(jax.grad(plain_loss))(params), jax.jit(jax.grad(remat_loss))(
+      params)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@needs_libtpu
+def test_remat_lowers_the_train_steps_temporaries_on_tpu():
+  from aot import programs  # pylint: disable=g-import-not-at-top
+  from parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from parallel.sharding import Partitioner  # pylint: disable=g-import-not-at-top
+  devices = topology_lib.devices("v5e-1")
+  temps = []
+  for remat in (False, True):
+    config = smoke.get_config()
+    config.batch_tokens, config.model.remat = 512 * 32, remat
+    partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), devices),
+                              config.logical_axis_rules)
+    train = programs.training_programs(config, config.data.vocab_size, partitioner)[0]
+    temps.append(train.lowered.compile().memory_analysis().temp_size_in_bytes)
+  assert temps[1] < 0.7 * temps[0], temps
