@@ -111,9 +111,13 @@ def average_checkpoints(workdir: str, partitioner: Partitioner, last_n: int
                         ) -> epath.Path:
   """Writes the element-wise mean of the last `last_n` checkpoints' parameters.
 
-  The result is a params-only checkpoint in `workdir/averaged_last<N>/<last step>/`,
-  restored by `restore_params(..., checkpoint_dir=...)` like any other.
+  The result is a params-only checkpoint in `workdir/averaged_last<N>/<last step>/`
+  with its SHA256SUMS, restored by `restore_params(..., checkpoint_dir=...)` like any
+  other; it replaces an older average whole, atomically (`layout.save_params`).
   """
+  if last_n < 1:  # [-0:] would be every checkpoint.
+    raise ValueError(f"--average_last={last_n}: must be >= 1 (1: the last checkpoint"
+                     " as it is).")
   directory = layout.checkpoint_dir(workdir)
   steps = layout.checkpoint_steps(directory)[-last_n:]
   if len(steps) < last_n:

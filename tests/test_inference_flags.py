@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 # Parses each argv with `module`'s flags; prints what each parse said, as JSON lines.
@@ -60,3 +62,10 @@ def test_average_last_must_be_at_least_one():
   assert "--average_last=0" in said["--average_last=0"]
   assert "not a positive integer" in said["--average_last=0"]
   assert said["--average_last=1"] == "ok"
+
+
+def test_averaging_no_checkpoint_is_refused_by_the_library_too(tmp_path):
+  from inference import restore  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match=r"--average_last=0: must be >= 1"):
+    restore.average_checkpoints(str(tmp_path), None, 0)
+  assert not list(tmp_path.iterdir())
