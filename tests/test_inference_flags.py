@@ -49,7 +49,8 @@ def test_bad_inference_flags_are_refused_with_their_range():
   assert "not a non-negative number" in said["--alpha=-1"]
   assert "not a non-negative number" in said["--max_len_a=-1"]
   both = said["--max_len_a=0 --max_len_b=0"]
-  assert both.startswith("UsageError: --max_len_b=0.0: must be > 0 when max_len_a"), both
+  assert both.startswith(
+      "UsageError: --max_len_b=0.0: must be > 0 when max_len_a"), both
   assert "not a positive integer" in said["--batch_tokens=0"]
   assert "not a positive integer" in said["--max_source_len=-1"]
   assert "not a positive integer" in said["--nbest=0"]

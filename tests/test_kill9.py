@@ -28,7 +28,7 @@ from storage import layout
 from tests.conftest import REPO
 
 ctranslate2 = pytest.importorskip("ctranslate2")
-from inference import export  # pylint: disable=g-import-not-at-top,wrong-import-position
+from inference import export  # pylint: disable=wrong-import-position
 
 KILLS = 3  # Per writer.
 
