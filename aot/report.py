@@ -18,12 +18,10 @@ from aot import hlo
 from aot.programs import Lowered
 
 GiB = chips_lib.GiB
-_SIZE = r"([\d.]+\s*[KMGT]?i?B?)"
-# XLA:TPU's two forms of the message.
-_REQUIRED = re.compile(r"required for ([\w ]+?) \(" + _SIZE + r"\) exceeds available"
-                       r" HBM \(" + _SIZE + r"\)")
-_USED = re.compile(r"Used " + _SIZE + " of " + _SIZE + " hbm")
-_EXCEEDED = re.compile(r"Exceeded hbm capacity by " + _SIZE)
+# libtpu 0.0.42.1's message: "Ran out of memory on HBM, the total memory required for
+# HLO temporaries (194.17G) exceeds available HBM (15.75G)."
+_REQUIRED = re.compile(r"required for ([\w ]+?) \(([\d.]+)\s*([KMGT]?)i?B?\) exceeds"
+                       r" available HBM \(([\d.]+)\s*([KMGT]?)i?B?\)")
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -31,24 +29,17 @@ class OutOfMemory(Exception):
   """The TPU compiler found that the program does not fit in HBM."""
 
 
-def _gib(size: str) -> float:
-  number, unit = re.match(r"([\d.]+)\s*([KMGT]?)", size).groups()
-  return float(number) * _UNITS[unit] / GiB
-
-
 def oom_advice(message: str, program: str, remat: bool) -> str:
   """The compiler's out-of-memory message as how much over, and what to try."""
-  need = have = over = None
-  if required := _REQUIRED.search(message):
-    need, have = _gib(required.group(2)), _gib(required.group(3))
-  elif used := _USED.search(message):
-    need, have = _gib(used.group(1)), _gib(used.group(2))
-  if exceeded := _EXCEEDED.search(message):
-    over = _gib(exceeded.group(1))
-  elif need is not None:
-    over = need - have
-  how_much = (f"needs {need:.2f} GiB of the {have:.2f} GiB of HBM per chip, over by"
-              f" {over:.2f} GiB" if need is not None else "does not fit in HBM")
+  required = _REQUIRED.search(message)
+  if required:
+    what, need, need_unit, have, have_unit = required.groups()
+    need, have = (float(n) * _UNITS[u] / GiB for n, u in ((need, need_unit),
+                                                          (have, have_unit)))
+    how_much = (f"needs {need:.2f} GiB of the {have:.2f} GiB of HBM per chip for"
+                f" {what}, over by {need - have:.2f} GiB")
+  else:  # Another wording: pass the compiler's first line on.
+    how_much = "does not fit in HBM (" + message.strip().splitlines()[0] + ")"
   tries = ["shard parameters and optimizer state over more chips (--mesh_shape with"
            " fsdp > 1)", "a smaller global batch (--config.batch_tokens)",
            "bf16 compute (--config.model.dtype=bfloat16)"]

@@ -23,7 +23,8 @@ def _mesh(line: dict) -> str:
 
 def _where(line: dict) -> str:
   hosts = "1 host" if line.get("hosts") == 1 else f"{line.get('hosts')} hosts"
-  chips = f"{line['chips']} chips / {hosts}" if "chips" in line else ""
+  chips = (f"{line['chips']} chip{'s' * (line['chips'] > 1)} / {hosts}"
+           if "chips" in line else "")
   return f"{line['topology']} {chips}".strip()
 
 

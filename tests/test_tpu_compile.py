@@ -110,7 +110,8 @@ def test_out_of_memory_says_by_how_much_and_what_to_try():
   message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required"
              " for HLO temporaries (194.17G) exceeds available HBM (15.75G).")
   advice = report_lib.oom_advice(message, "train_step", remat=True)
-  assert "needs 194.17 GiB of the 15.75 GiB" in advice
+  assert ("needs 194.17 GiB of the 15.75 GiB of HBM per chip for HLO temporaries"
+          in advice)
   assert "over by 178.42 GiB" in advice
   assert "fsdp > 1" in advice and "--config.model.remat=True" in advice
   assert "remat" not in report_lib.oom_advice(message, "train_step", remat=False)
