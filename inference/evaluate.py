@@ -17,6 +17,7 @@ from inference import restore
 from inference import text_io
 from inference.translator import Translator
 from parallel.sharding import Partitioner
+from storage import files
 from storage import layout
 
 
@@ -42,7 +43,7 @@ def evaluate(translator: Translator, name: str, sources: Sequence[str],
   """Translates `sources`, scores the best hypotheses, writes the output lines."""
   translations = translator.translate(sources, name=name, progress=True)
   output.parent.mkdir(parents=True, exist_ok=True)
-  output.write_text("".join(t.line(nbest) + "\n" for t in translations))
+  files.atomic_write(output, "".join(t.line(nbest) + "\n" for t in translations))
   return {"data": name, "step": translator.step, "hypotheses": str(output),
           **bleu.score([t.text for t in translations], references)}
 
@@ -92,5 +93,6 @@ def evaluate_run(workdir: str, partitioner: Partitioner, *, splits: Sequence[str
     results.append({**evaluate(translator, split, *read_split(workdir, split), output),
                     "averaged_checkpoints": count, **dataclasses.asdict(settings)})
   if jax.process_index() == 0:
-    (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=1))
+    files.atomic_write(epath.Path(workdir) / "results.json",
+                       json.dumps(results, indent=1, allow_nan=False))
   return results

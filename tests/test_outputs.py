@@ -1,14 +1,21 @@
 """Outputs behave like a shell redirect that is never seen half-written: FIFOs and
 devices written in place, symlinks written through, modes kept, the input never
 overwritten; bad --input/--output refused before the model loads."""
+import contextlib
 import errno
 import os
+import resource
+import signal
 import stat
 import subprocess
 import sys
 import threading
+import types
 
+from etils import epath
 import pytest
+
+from inference import evaluate
 
 from inference import text_io
 from storage import files
@@ -110,3 +117,39 @@ def test_a_full_disk_keeps_the_old_output_and_leaves_no_temporary_file(tmp_path)
   assert failure.value.errno == errno.ENOSPC
   assert output.read_text() == "old\n"
   assert os.listdir(tmp_path) == ["out.fr"]
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+  """Writes past `limit` bytes fail with EFBIG, as on a full disk (RLIMIT_FSIZE)."""
+  old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+  old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+    signal.signal(signal.SIGXFSZ, old_handler)
+
+
+class _FixedTranslator:
+  """Returns the same long hypothesis for every source; step 7."""
+  step = 7
+
+  def translate(self, sources, **unused):
+    del unused
+    line = "une phrase assez longue " * 40
+    return [types.SimpleNamespace(text=line, line=lambda nbest, l=line: l)
+            for _ in sources]
+
+
+def test_evaluate_keeps_the_old_hypotheses_when_the_disk_fills(tmp_path):
+  hypotheses = tmp_path / "hypotheses" / "val.txt"
+  hypotheses.parent.mkdir()
+  hypotheses.write_text("old\n")
+  with _file_size_limit(4096), pytest.raises(OSError) as failure:
+    evaluate.evaluate(_FixedTranslator(), "val", ["a dog"] * 20, ["un chien"] * 20,
+                      epath.Path(hypotheses))
+  assert failure.value.errno == errno.EFBIG
+  assert hypotheses.read_text() == "old\n"
+  assert os.listdir(hypotheses.parent) == ["val.txt"]
