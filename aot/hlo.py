@@ -22,8 +22,8 @@ _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*)$")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s*\((.*)\)\s*->\s*(.*)\{\s*$")
 _CALLEES = re.compile(
-    r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)"
-    r"|branch_computations=\{([^}]*)\}")
+    r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)"
+    r"=%([\w.\-]+)|branch_computations=\{([^}]*)\}")
 _HOST_TARGETS = ("callback", "host", "Outfeed", "Infeed")
 
 
@@ -224,13 +224,32 @@ def host_transfers(module: Module) -> list[dict]:
   return found
 
 
-def loop_copies(module: Module, min_bytes: int = 1 << 20) -> list[dict]:
-  """Copies of at least `min_bytes` inside while loops, largest first."""
-  found = []
+_LAYOUT = re.compile(r"\[[0-9,]*\](\{[^}]*\})?")
+
+
+def _memory_spaces(shape: str) -> list[str]:
+  """Memory space of each array in a shape text: 'S(1)' etc., '' for the default."""
+  return [(re.search(r"S\(\d+\)", layout or "") or [""])[0]
+          for layout in _LAYOUT.findall(shape)]
+
+
+def loop_copies(module: Module, min_bytes: int = 1 << 20) -> tuple[list, int]:
+  """(copies of at least `min_bytes` inside while loops, largest first; bytes the
+  loops move between memory spaces per iteration).
+
+  An async copy whose source and destination lie in different memory spaces (XLA's
+  memory-space assignment prefetching into, or evicting from, the TPU's faster
+  memory) moves data the program reads anyway: it is counted apart, not listed.
+  """
+  found, moved = [], 0
   for inst in module.instructions:
-    if inst.opcode in ("copy", "copy-start") and inst.computation in module.in_loop:
-      size = module.operand_bytes(inst)  # A copy-start's shape is (dest, src, ...).
-      if size >= min_bytes:
-        found.append({"name": inst.name, "bytes": size,
-                      "shape": module.shapes.get(inst.operands[0], "").split("{")[0]})
-  return sorted(found, key=lambda c: -c["bytes"])
+    if (inst.opcode not in ("copy", "copy-start")
+        or inst.computation not in module.in_loop):
+      continue
+    size = module.operand_bytes(inst)  # A copy-start's shape is (dest, src, ...).
+    if inst.opcode == "copy-start" and len(set(_memory_spaces(inst.shape)[:2])) > 1:
+      moved += size
+    elif size >= min_bytes:
+      found.append({"name": inst.name, "bytes": size,
+                    "shape": module.shapes.get(inst.operands[0], "").split("{")[0]})
+  return sorted(found, key=lambda c: -c["bytes"]), moved

@@ -61,7 +61,8 @@ def _compile(lowered: Lowered, remat: bool):
 
 
 def memory(compiled, spec: chips_lib.ChipSpec) -> dict:
-  """Per-chip bytes by kind; peak = arguments + outputs - aliased + temporaries + code."""
+  """Per-chip bytes by kind; peak = arguments + outputs - aliased + temporaries +
+  code."""
   m = compiled.memory_analysis()
   peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
           + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
@@ -99,6 +100,7 @@ def report(lowered: Lowered, devices: list, topology: str, mesh_shape: dict,
   module = hlo.Module.parse(compiled.as_text())
   found = hlo.collectives(module, len(devices))
   summary = hlo.summarize_collectives(found)
+  copies, moved = hlo.loop_copies(module)
   ici = sum(r["ici_bytes"] for r in summary["per_step"].values())
   chips = len(devices)
   model_flops = (lowered.model_flops / chips if lowered.model_flops else None)
@@ -115,6 +117,7 @@ def report(lowered: Lowered, devices: list, topology: str, mesh_shape: dict,
                            spec, model_flops),
       "dots_by_operand_dtype": hlo.dot_operand_dtypes(module),
       "host_transfers": hlo.host_transfers(module),
-      "loop_copies": hlo.loop_copies(module)[:5],
+      "loop_copies": copies[:5],
+      "loop_memory_space_bytes": moved,
       "compile_s": seconds,
   }, compiled

@@ -29,8 +29,8 @@ def _where(line: dict) -> str:
 
 
 def training_row(line: dict) -> str:
-  head = (f"| {line.get('config', '')} | {line['program']} | {_where(line)} | {_mesh(line)} |"
-          f" {line['batch']}x{line['length']} |")
+  head = (f"| {line.get('config', '')} | {line['program']} | {_where(line)} |"
+          f" {_mesh(line)} | {line['batch']}x{line['length']} |")
   if "error" in line:
     return head + f" no: {line['error']} |" + " |" * 6
   mem, roof = line["memory"], line["roofline"]
@@ -44,8 +44,9 @@ def training_row(line: dict) -> str:
 
 
 def search_row(line: dict) -> str:
-  head = (f"| {line.get('config', '')} | {_where(line)} | {_mesh(line)} | {line['batch']} |"
-          f" {line.get('beam_size', '')} | {line.get('max_decode_len', '')} |")
+  head = (f"| {line.get('config', '')} | {_where(line)} | {_mesh(line)} |"
+          f" {line['batch']} | {line.get('beam_size', '')} |"
+          f" {line.get('max_decode_len', '')} |")
   if "error" in line:
     return head + f" no: {line['error']} |" + " |" * 5
   mem, collectives = line["memory"], line["collectives"]

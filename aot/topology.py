@@ -10,8 +10,8 @@ import importlib.util
 import os
 
 INSTALL_HINT = ("libtpu, the TPU compiler, is not installed. Install the [tpu] extra"
-                " at the pinned versions: .venv/bin/pip install -c requirements/lock.txt"
-                " -e '.[tpu]'")
+                " at the pinned versions: .venv/bin/pip install -c"
+                " requirements/lock.txt -e '.[tpu]'")
 
 
 @dataclasses.dataclass(frozen=True)

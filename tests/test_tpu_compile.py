@@ -40,6 +40,7 @@ HloModule jit_step, entry_computation_layout={()->()}
   %p.1 = (s32[], bf16[4,1024,256]{2,1,0}) parameter(0)
   %gte.1 = bf16[4,1024,256]{2,1,0} get-tuple-element(%p.1), index=1
   %copy.9 = bf16[4,1024,256]{2,1,0} copy(%gte.1)
+  %copy-start.2 = (bf16[4,1024,256]{2,1,0:S(1)}, bf16[4,1024,256]{2,1,0}, u32[]{:S(2)}) copy-start(%gte.1)
   %collective-permute.2 = bf16[4,1024,256]{2,1,0} collective-permute(%copy.9), channel_id=5, source_target_pairs={{0,1},{1,0}}
   %custom-call.4 = () custom-call(%gte.1), custom_call_target="xla_python_cpu_callback"
   ROOT %t = (s32[], bf16[4,1024,256]{2,1,0}) tuple(%gte.1, %collective-permute.2)
@@ -83,8 +84,9 @@ def test_collectives_take_bytes_from_shapes_and_groups_from_replica_groups():
 def test_loop_copies_host_calls_and_dot_dtypes_are_found():
   module = hlo.Module.parse(MODULE)
   assert module.in_loop == {"body.3", "cond.1"}  # Both run once per iteration.
-  assert [c["name"] for c in hlo.loop_copies(module)] == ["copy.9"]
-  assert hlo.loop_copies(module)[0]["bytes"] == 4 * 1024 * 256 * 2
+  copies, moved = hlo.loop_copies(module)
+  assert [(c["name"], c["bytes"]) for c in copies] == [("copy.9", 4 * 1024 * 256 * 2)]
+  assert moved == 4 * 1024 * 256 * 2  # The copy-start into memory space 1.
   calls = hlo.host_transfers(module)
   assert [(c["target"], c["in_loop"]) for c in calls] == [
       ("xla_python_cpu_callback", True)]
