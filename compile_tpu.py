@@ -97,7 +97,9 @@ def main(argv):
         with open(os.path.join(_HLO_DIR.value, f"{lowered.name}{suffix}.hlo.txt"),
                   "w", encoding="utf-8") as f:
           f.write(compiled.as_text())
-    print(json.dumps({"config": config_name, **line}), flush=True)
+    print(json.dumps({"config": config_name,
+                      "remat": bool(config.model.get("remat", False)), **line}),
+          flush=True)
   sys.exit(1 if failed else 0)
 
 

@@ -29,7 +29,8 @@ def _where(line: dict) -> str:
 
 
 def training_row(line: dict) -> str:
-  head = (f"| {line.get('config', '')} | {line['program']} | {_where(line)} |"
+  program = line["program"] + (" (remat)" if line.get("remat") else "")
+  head = (f"| {line.get('config', '')} | {program} | {_where(line)} |"
           f" {_mesh(line)} | {line['batch']}x{line['length']} |")
   if "error" in line:
     return head + f" no: {line['error']} |" + " |" * 6
