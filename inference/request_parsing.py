@@ -8,6 +8,7 @@ the parser, integers too long to convert, lone surrogates, numbers out of range.
 import json
 
 from aiohttp import web
+from aiohttp import web_protocol
 
 
 class ClientError(Exception):
@@ -30,10 +31,20 @@ def error_response(status: int, code: str, message: str, headers=None) -> web.Re
 
 async def json_body(request: web.Request, allowed: set[str]) -> dict:
   """The request's JSON object; 400 unless it is one with only `allowed` fields."""
+  charset = request.charset or "utf-8"
   try:
-    body = json.loads(await request.text())
+    text = (await request.read()).decode(charset)
+  except LookupError:
+    raise ClientError(400, "invalid_body", f"unknown charset {charset[:40]!r} in"
+                      " Content-Type; send UTF-8.") from None
   except UnicodeDecodeError:
-    raise ClientError(400, "invalid_json", "body is not UTF-8.") from None
+    raise ClientError(400, "invalid_json",
+                      f"body is not {charset[:40].upper()}.") from None
+  except web_protocol.RequestPayloadError as e:  # E.g. a gzip body that is not gzip.
+    raise ClientError(400, "invalid_body", f"body cannot be read: {e}; send it as"
+                      " plain UTF-8 JSON or check its Content-Encoding.") from None
+  try:
+    body = json.loads(text)
   except RecursionError:
     raise ClientError(400, "invalid_json",
                       "body is not valid JSON: nested too deep.") from None

@@ -216,6 +216,22 @@ def test_malformed_requests_get_400_with_a_code_saying_what_is_wrong(
   assert body["code"] == code, body
 
 
+@pytest.mark.parametrize("headers, message", [
+    ({"Content-Encoding": "gzip"}, "Content-Encoding"),
+    ({"Content-Type": "application/json; charset=bogus"}, "charset"),
+])
+def test_a_body_that_cannot_be_decoded_gets_400(served, headers, message):
+  request = urllib.request.Request(served.url + "/v1/translate", data=b"not gzip",
+                                   headers=headers)
+  try:
+    urllib.request.urlopen(request, timeout=60)
+    status, body = 200, {}
+  except urllib.error.HTTPError as e:
+    status, body = e.code, json.loads(e.read())
+  assert status == 400 and body["code"] == "invalid_body", body
+  assert message in body["error"]
+
+
 def test_empty_requests_and_other_methods(served):
   assert _post(served.url + "/v1/translate", {"text": []}) == (200, {"translations": []})
   assert _post(served.url + "/v1/score", {"source": [], "target": []}) == (
