@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The BLEU-latency table of the README: every row, from two finished runs.
+# The BLEU-latency table of docs/cost.md: every row, from two finished runs.
 #   bash bench/cost_table.sh workdir/best workdir/distill costs.jsonl [bleu|latency]
 # TEACHER: a configs/multi30k_best.py run; STUDENT: its `make distill` student.
 # The optional last argument runs one half (BLEU needs no quiet machine, timings do);
