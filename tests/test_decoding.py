@@ -321,11 +321,13 @@ def _decoders(partitioner):
                   compact=compact) for compact in (True, False)]
 
 
-@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (4, 2, 1)])
+@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 1, 1), (4, 2, 1)])
 def test_segments_dropping_done_sentences_match_the_one_call_search(parts, eos_params,
                                                                      mesh_shape):
   """8 sentences of different max lengths: the segmented search (done sentences
-  dropped as it goes) gives every sentence the one-call search's n-best."""
+  dropped as it goes) gives every sentence the one-call search's n-best, on one
+  device and with the batch split over two (each CPU device runs its own thread)
+  or eight."""
   graphdef, params = parts
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   partitioner = Partitioner(mesh_lib.create_mesh(mesh_shape, devices))
