@@ -55,6 +55,12 @@ def global_batch(partitioner: Partitioner, inputs: np.ndarray) -> jax.Array:
       inputs.shape, partitioner.batch_sharding(inputs.shape[:2]), lambda i: inputs[i])
 
 
+def _stop_at_live(rows: int) -> int:
+  """When a segment of `rows` rows stops: once the live sentences fit in the next
+  smaller power of two rows (0: never, below MIN_ROWS_TO_COMPACT rows)."""
+  return 1 << ((rows - 1).bit_length() - 1) if rows >= MIN_ROWS_TO_COMPACT else 0
+
+
 class Decoder:
   """The jitted beam search over a partitioner's mesh, compiled once per shape.
 
@@ -66,8 +72,8 @@ class Decoder:
 
   With `compact` (the default), a batch of MIN_ROWS_TO_COMPACT rows or more is
   searched in segments: each stops once the live sentences fit in half its rows,
-  and the next runs on those only (padded to a power of two rows), so finished
-  sentences stop costing steps. The hypotheses are those of the one-call search.
+  and the next runs on those only (padded to that half), so finished sentences
+  stop costing steps. The hypotheses are those of the one-call search.
   """
 
   def __init__(self, partitioner: Partitioner, settings: DecodeSettings, *,
@@ -97,8 +103,7 @@ class Decoder:
     origin = np.arange(rows)  # The input row of each row of the segment; -1: padding.
     while True:
       n = len(origin)
-      # Stop once the live sentences fit in the next smaller power of two rows.
-      target = 1 << ((n - 1).bit_length() - 1) if n >= MIN_ROWS_TO_COMPACT else 0
+      target = _stop_at_live(n)
       segment, out, live = self._continue(graphdef, params, segment, float(s.alpha),
                                           target, eos_id=tokenizer_lib.EOS_ID,
                                           nbest=nbest)
@@ -111,23 +116,49 @@ class Decoder:
       keep = np.flatnonzero(live)
       if not keep.size:
         return tokens, scores
-      size = 1 << (len(keep) - 1).bit_length()
-      # Padding rows repeat a done sentence: frozen, they take no part.
+      # Half the rows, whatever fewer are live: a next segment with fewer live
+      # sentences than its half stops before its first step, so one gather per
+      # halving is all there is to compile. Padding rows repeat a done sentence:
+      # frozen, they take no part.
+      size = target
       index = np.concatenate([keep, np.full(size - len(keep),
                                             np.flatnonzero(~live)[0])])
       segment = self._take(segment, jnp.asarray(index, jnp.int32))
       origin = np.where(np.arange(size) < len(keep), origin[index], -1)
 
+  def _warm_segments(self, graphdef, params, inputs: np.ndarray, s: DecodeSettings,
+                     max_decode_len: int, nbest: int) -> None:
+    """Compiles every program `_segmented` may call for a batch shaped like `inputs`
+    (the continuation at each halving of its rows, the gathers between them),
+    whichever sentences finish when: a server compiles them all before it is ready."""
+    segment = self._begin(graphdef, params, global_batch(self.partitioner, inputs),
+                          float(s.max_len_a), float(s.max_len_b),
+                          beam_size=s.beam_size, max_decode_len=max_decode_len)
+    n = inputs.shape[0]
+    while True:
+      target = _stop_at_live(n)
+      segment, _, _ = self._continue(graphdef, params, segment, float(s.alpha), target,
+                                     eos_id=tokenizer_lib.EOS_ID, nbest=nbest)
+      if not target:
+        return
+      segment = self._take(segment, jnp.arange(target, dtype=jnp.int32))
+      n = target
+
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
-    """decode(inputs, settings=None, nbest=None); None: the Decoder's own."""
+    """decode(inputs, settings=None, nbest=None, warmup=False); None: the Decoder's
+    own. `warmup` also compiles what a batch of this shape may need later."""
 
     def decode(inputs: np.ndarray, settings: DecodeSettings | None = None,
-               nbest: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               nbest: int | None = None, warmup: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
       s = settings or self.settings
       max_decode_len = min(self.max_len, math.ceil(s.max_len_a * inputs.shape[1]
                                                    + s.max_len_b))
       if (self.compact and inputs.shape[0] >= MIN_ROWS_TO_COMPACT
           and jax.process_count() == 1):
+        if warmup:
+          self._warm_segments(graphdef, params, inputs, s, max_decode_len,
+                              nbest or self.nbest)
         return self._segmented(graphdef, params, inputs, s, max_decode_len,
                                nbest or self.nbest)
       out = self._search(graphdef, params, global_batch(self.partitioner, inputs),

@@ -262,7 +262,7 @@ class Translator:
     ids = [tokenizer_lib.UNK_ID, tokenizer_lib.EOS_ID]
     for rows, length in shapes:
       batch = bucketing.pad_batch([ids] * rows, length, rows)
-      self._decode(batch, settings=settings, nbest=nbest)
+      self._decode(batch, settings=settings, nbest=nbest, warmup=True)
       if score:
         np.asarray(self._score(batch, batch))
     logging.info("Compiled %d shapes (rows, bucket) in %.1f s: %s", len(shapes),

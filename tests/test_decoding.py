@@ -341,3 +341,22 @@ def test_segments_dropping_done_sentences_match_the_one_call_search(parts, eos_p
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_allclose(got[1], expected[1], atol=TOL)
   assert takes and min(takes) < len(batch)  # Sentences were dropped on the way.
+
+
+def test_warmup_compiles_every_segment_program_a_batch_shape_can_need(parts):
+  """After a warm-up call on one-token sentences (done at once), batches of that
+  shape whose sentences finish at different steps compile nothing new."""
+  graphdef, params = parts
+  partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
+  segmented, _ = _decoders(partitioner)
+  decode = segmented.bind(graphdef, params)
+  batch = np.insert(NEIGHBOURS, 5, np.pad(SENTENCE, (0, 5)), axis=0)
+  dummy = np.zeros_like(batch)
+  dummy[:, 0] = EOS
+  decode(dummy, warmup=True)
+  programs = [f.jitted._cache_size() for f in (segmented._begin, segmented._continue,
+                                               segmented._take)]
+  for rows in (batch, batch[::-1], np.roll(batch, 3, axis=0)):
+    decode(rows)
+  assert [f.jitted._cache_size() for f in (segmented._begin, segmented._continue,
+                                           segmented._take)] == programs
