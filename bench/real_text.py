@@ -123,7 +123,8 @@ def build_engines(settings: dict, export_dir: str) -> tuple[list, dict]:
     seconds[f"export_s/{precision}"] = round(time.perf_counter() - start, 2)
     for threads in settings["threads"]:
       ct2.append(engines_lib.CTranslate2(
-          directory, precision, threads, os.path.join(_WORKDIR.value, layout.TOKENIZER_FILE),
+          directory, precision, threads,
+          os.path.join(_WORKDIR.value, layout.TOKENIZER_FILE),
           options, translator.settings.max_len_a, translator.settings.max_len_b,
           translator.max_len, _CT2_BATCH_TOKENS.value))
   return ours + ct2, seconds

@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _spawn(argv: list[str], env: dict | None = None) -> dict:
-  """Runs argv; seconds to its first stdout line and to its end; its last stdout line."""
+  """Runs argv: seconds to its first stdout line and to its end, its last line."""
   start = time.perf_counter()
   proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=env, cwd=REPO)
@@ -89,10 +89,11 @@ def _child(spec: dict) -> dict:
   if spec.pop("engine") == "ours":
     from inference import compile_cache  # pylint: disable=import-outside-toplevel
     compile_cache.enable(spec["cache_dir"])
-    from inference.translator import Translator  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from inference import translator as translator_lib
     times["import_s"] = time.perf_counter() - start
     precision = spec["precision"]
-    translator = Translator.from_workdir(
+    translator = translator_lib.Translator.from_workdir(
         spec["workdir"], checkpoint_dir=spec["checkpoint_dir"],
         quantize=None if precision == "float32" else precision,
         batch_tokens=spec["batch_tokens"])
