@@ -38,13 +38,18 @@ UV_VERSION := 0.13.9
 LOCK_TOOL := build/lock-tool
 UPGRADE ?=
 
+# Extras `make setup` installs. libtpu (the `tpu` extra) prints start-up warnings on a
+# machine without a TPU, so it is opt-in: EXTRAS=test,ctranslate2,tensorboard,tpu adds
+# the compile-only TPU tests (tests/test_tpu_compile.py), as .ci/run does.
+EXTRAS ?= test,ctranslate2,tensorboard
+
 .PHONY: setup lock lock-check train distill test test-fast clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q 'pip==26.3'
-	$(PY) -m pip install -q -c $(LOCK) -e '.[test,ctranslate2,tensorboard,tpu]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $@
 
 lock:
