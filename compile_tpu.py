@@ -24,6 +24,7 @@ from ml_collections import config_flags  # pylint: disable=wrong-import-position
 from aot import programs  # pylint: disable=wrong-import-position
 from aot import report as report_lib  # pylint: disable=wrong-import-position
 from aot import topology as topology_lib  # pylint: disable=wrong-import-position
+from cli import logs  # pylint: disable=wrong-import-position
 from parallel import mesh as mesh_lib  # pylint: disable=wrong-import-position
 from parallel.sharding import Partitioner  # pylint: disable=wrong-import-position
 
@@ -104,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  logs.run(main)
