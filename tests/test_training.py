@@ -161,9 +161,9 @@ def _nan_at(bad_step: int, loss: bool = True):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bad_step,in_loss,what", [
-    (7, True, "step 8.*checkpoint is step 5"),
+    (7, True, "step 8.*last good checkpoint.*is step 5"),
     # The parameters of step 10, which is saved, are NaN; its loss is not.
-    (9, False, "parameters.*step 10.*checkpoint is step 5")])
+    (9, False, "parameters.*step 10.*last good checkpoint.*is step 5")])
 def test_nan_stops_training_and_keeps_last_checkpoint(prepared, tmp_path,
                                                       monkeypatch, bad_step,
                                                       in_loss, what):
