@@ -136,7 +136,7 @@ def staging_dir(target) -> str:
   prefix = f".{name}.tmp-"
   for entry in os.listdir(parent):
     pid = entry[len(prefix):]
-    if entry.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+    if entry.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
       shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
   staging = os.path.join(parent, f"{prefix}{os.getpid()}")
   shutil.rmtree(staging, ignore_errors=True)
@@ -144,12 +144,13 @@ def staging_dir(target) -> str:
   return staging
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether a process `pid` exists on this host (owned by anyone)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:
+  except PermissionError:  # Alive, owned by someone else.
     return True
   return True
 

@@ -35,16 +35,6 @@ class WorkdirLockedError(RuntimeError):
   """Another training run holds the workdir."""
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # Alive, owned by someone else.
-    return True
-  return True
-
-
 def boot_id() -> str | None:
   """This boot of the kernel (Linux); None where /proc does not say."""
   try:
@@ -92,7 +82,7 @@ def _stale_because(holder) -> str | None:
   pid, recorded_boot = holder["pid"], holder.get("boot_id")
   if recorded_boot and boot_id() and recorded_boot != boot_id():
     return "the machine rebooted since it was taken"
-  if not _pid_alive(pid):
+  if not files.pid_alive(pid):
     return f"PID {pid} is not running"
   recorded, now = holder.get("start_time"), start_time(pid)
   if recorded is not None and now is not None and recorded != now:
