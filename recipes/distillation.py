@@ -178,10 +178,11 @@ def lines_done(path: epath.Path, record: dict) -> int:
         + f"\nDelete {path.parent} to translate with this teacher, or use a new"
         " --workdir (the student trained on the old file is kept there).")
   if path.exists():
-    if "sha256" in saved and integrity.sha256(path) != saved["sha256"]:
+    actual = integrity.sha256(path) if "sha256" in saved else None
+    if actual is not None and actual != saved["sha256"]:
       raise ValueError(
           f"{path} changed after the teacher wrote it: its sha256 is"
-          f" {integrity.sha256(path)[:12]}..., {record_file} says"
+          f" {actual[:12]}..., {record_file} says"
           f" {saved['sha256'][:12]}.... Delete {path} to translate again.")
     done = _complete_lines(path)
     if done >= record["lines_needed"]:
