@@ -5,6 +5,7 @@ what grain needs for deterministic shuffling, sharding and checkpointable iterat
 This module does not import grain: inference reads text through it without grain.
 """
 from collections.abc import Sequence
+import dataclasses
 
 from absl import logging
 from etils import epath
@@ -19,6 +20,44 @@ DATASETS = {
     "multi30k": "multi30k/en-fr",
     "wmt14": "wmt14_translate/fr-en",
 }
+
+
+class CorruptDatasetError(RuntimeError):
+  """A built array_record file failed its chunk checksums: the data on disk changed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedSource:
+  """A TFDS data source whose read errors name the split's files and how to rebuild.
+
+  array_record (Riegeli) checks a hash of every chunk it reads, so flipped bytes in a
+  built file raise there; without this wrapper the error names neither file nor fix.
+  """
+  source: Sequence[dict]
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index):
+    return self._read(self.source.__getitem__, index)
+
+  def __getitems__(self, indices):
+    return self._read(self.source.__getitems__, indices)
+
+  def __getattr__(self, name):  # dataset_info, split, ...
+    if name == "source" or name.startswith("__"):  # Unpickling: not set yet.
+      raise AttributeError(name)
+    return getattr(self.source, name)
+
+  def _read(self, read, key):
+    try:
+      return read(key)
+    except RuntimeError as e:
+      info = self.source.dataset_info
+      files = ", ".join(str(p) for p in info.splits[self.source.split].filepaths)
+      raise CorruptDatasetError(
+          f"{files} is corrupt ({e}). Delete {info.data_dir} to rebuild the dataset"
+          " from its raw files.") from e
 
 
 def load_sources(data_cfg, splits: Sequence[str]) -> dict[str, Sequence[dict]]:
@@ -54,7 +93,7 @@ def load_sources(data_cfg, splits: Sequence[str]) -> dict[str, Sequence[dict]]:
     # TFDS reuses a built dataset as it is: the raw files must still be the same.
     multi30k.check_raw_files(sources[0].dataset_info, manual_dir)
   logging.info("%s: %s", name, {s: len(src) for s, src in zip(splits, sources)})
-  return dict(zip(splits, sources))
+  return {split: CheckedSource(src) for split, src in zip(splits, sources)}
 
 
 def split_sizes(data_cfg) -> dict[str, int]:

@@ -176,3 +176,31 @@ def test_changed_raw_files_are_detected_not_silently_reused(tmp_path, smoke_conf
   shutil.rmtree(tmp_path / "tfds")  # The fix the error names: rebuilt from `copy`.
   source = datasets.load_sources(config.data, ["train", "test_2016_flickr"])["train"]
   assert source[0]["fr"] == b"corrected phrase 0"
+
+
+def test_a_corrupt_built_file_is_named_with_the_fix(tmp_path, smoke_config):
+  """Riegeli's chunk hashes catch flipped bytes: the error names the file and the fix."""
+  manual = tmp_path / "raw"
+  manual.mkdir()
+  for stem in ("train", "val"):
+    _write_gz(manual / f"{stem}.en.gz", [f"{stem} sentence {i}" * 20 for i in range(400)])
+    _write_gz(manual / f"{stem}.fr.gz", [f"{stem} phrase {i}" * 20 for i in range(400)])
+  config = smoke_config.copy_and_resolve_references()
+  config.data.manual_dir = str(manual)
+  config.data.tfds_data_dir = str(tmp_path / "tfds")
+  datasets.load_sources(config.data, ["validation"])
+  (built,) = (tmp_path / "tfds").glob("multi30k/en-fr/*/*validation.array_record*")
+  data = bytearray(built.read_bytes())
+  for i in range(len(data) // 4, len(data) // 2, 7):
+    data[i] ^= 0xFF
+  built.write_bytes(bytes(data))
+
+  source = datasets.load_sources(config.data, ["validation"])["validation"]
+  fix = rf"{built.name}.* is corrupt .*Delete .*multi30k/en-fr/1.0.0 to rebuild"
+  with pytest.raises(datasets.CorruptDatasetError, match=fix):
+    datasets.text_pairs(source, "en", "fr")
+  with pytest.raises(datasets.CorruptDatasetError, match=fix):
+    for i in range(len(source)):
+      source[i]
+  import pickle  # grain's worker processes receive the source pickled.
+  assert len(pickle.loads(pickle.dumps(source))) == len(source)
