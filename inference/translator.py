@@ -100,6 +100,15 @@ def _check_sentences(**lists) -> None:
                       f" ({texts[:30]!r}); for one sentence pass [{name}].")
 
 
+def _check_limits(max_len, batch_tokens) -> None:
+  """ValueError unless max_len (None: the model's) and batch_tokens are positive ints."""
+  for name, value in (("max_len", max_len), ("batch_tokens", batch_tokens)):
+    if value is None and name == "max_len":
+      continue
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"Translator {name}={value!r}: expected a positive integer.")
+
+
 def inference_partitioner(config) -> Partitioner:
   """Every local device on the batch axis, laid out by the run's logical-axis rules."""
   return Partitioner(mesh_lib.create_mesh((-1, 1, 1)), config.logical_axis_rules)
@@ -117,6 +126,7 @@ class Translator:
   max_len: int | None = None  # Tokens a sentence is cut to; default the model's limit.
 
   def __post_init__(self):
+    _check_limits(self.max_len, self.batch_tokens)
     if self.max_len is None or self.max_len > self.decoder.max_len:
       object.__setattr__(self, "max_len", self.decoder.max_len)
 
@@ -136,6 +146,7 @@ class Translator:
     `quantize` ('int8', 'int8_weights') change how the frozen parameters compute
     (`restore.restore_params`). Reads config.json and spm.model once.
     """
+    _check_limits(max_len, batch_tokens)
     config = layout.read_config(workdir)
     # No checkpoint is the likelier mistake: its error (how to train) comes first.
     step = restore.choose_step(restore.checkpoint_directory(workdir, checkpoint_dir),

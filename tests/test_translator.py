@@ -1,5 +1,6 @@
 """The Translator API: per-call decode options, n-best results, teacher-forced scoring
 consistent with the beam search, infer.py --mode=score and the compilation cache."""
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 from data import tokenizer as tokenizer_lib
 from inference import compile_cache
 from inference import bucketing
+from inference import restore
 from inference import scoring
 from inference.translator import Translator
 from inference.translator import inference_partitioner
@@ -144,3 +146,15 @@ def test_score_mode_reads_pairs_and_a_second_run_compiles_nothing(workdir, trans
   assert second.returncode == 0, second.stderr.decode()[-3000:]
   assert second.stdout.decode().splitlines() == lines
   assert sorted(os.listdir(cache)) == cached  # Every program came from the cache.
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_len", 0), ("max_len", -1), ("max_len", 2.5), ("batch_tokens", 0),
+    ("batch_tokens", -4096)])
+def test_bad_limits_are_refused_before_the_model_loads(workdir, translator, monkeypatch,
+                                                      field, value):
+  with pytest.raises(ValueError, match=rf"{field}={value}.*positive integer"):
+    dataclasses.replace(translator, **{field: value})
+  monkeypatch.setattr(restore, "restore_params", lambda *a, **k: pytest.fail("loaded"))
+  with pytest.raises(ValueError, match=rf"{field}={value}.*positive integer"):
+    Translator.from_workdir(str(workdir), **{field: value})
