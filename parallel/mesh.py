@@ -1,4 +1,5 @@
 """The device mesh ('data', 'fsdp', 'tensor') and multi-host initialisation."""
+import glob
 import math
 import os
 from collections.abc import Sequence
@@ -47,6 +48,36 @@ def create_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> jax.sharding
   return jax.make_mesh(shape, MESH_AXES,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
+
+
+# A Cloud TPU VM describes its slice's workers in the GCE metadata server, not in the
+# environment. A TPU chip on the PCI bus is how JAX itself tells it is on one: vendor
+# Google, with a TPU's device id (v3, v4, v5p, v5e, v6e, TPU7x: the table of
+# jax/_src/hardware_utils.py). Google's other devices, e.g. the gVNIC network card
+# (0x0042) of any GCE VM, are not TPUs.
+PCI_DEVICES = "/sys/bus/pci/devices"
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICE_IDS = ("0x0027", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
+
+
+def _read_id(path: str) -> str:
+  try:
+    with open(path, encoding="ascii") as f:
+      return f.read().strip()
+  except OSError:
+    return ""
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """Whether a TPU chip is attached and this process may use it (JAX_PLATFORMS allows
+  it; TPU_SKIP_MDS_QUERY, JAX's own switch, says there is no metadata server)."""
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if (platforms and "tpu" not in platforms.split(",")) or os.environ.get(
+      "TPU_SKIP_MDS_QUERY") is not None:
+    return False
+  return any(_read_id(os.path.join(d, "vendor")) == _GOOGLE_PCI_VENDOR
+             and _read_id(os.path.join(d, "device")) in _TPU_PCI_DEVICE_IDS
+             for d in glob.glob(os.path.join(PCI_DEVICES, "*")))
 
 
 def _in_multiprocess_cluster() -> bool:
@@ -108,7 +139,8 @@ def initialize_distributed(coordinator_address: str | None = None,
   """Joins the processes of a multi-host job into one JAX runtime; call before any jax op.
 
   Explicit arguments (e.g. from --coordinator_address flags) win; otherwise JAX
-  auto-detects TPU pods and Slurm/MPI jobs. A single-process run is left alone.
+  auto-detects Cloud TPU VMs and slices, GKE, and Slurm/MPI jobs (on a one-host TPU
+  VM that is a job of one process). Any other single-process run is left alone.
   Missing flags of a multi-process start raise ValueError before jax is called; the
   coordinator is waited for at most $NMT_DISTRIBUTED_TIMEOUT_S seconds (default
   300), after which a RuntimeError names its address.
@@ -121,8 +153,8 @@ def initialize_distributed(coordinator_address: str | None = None,
     _check_explicit(coordinator_address, num_processes, process_id)
     kwargs = dict(coordinator_address=coordinator_address,
                   num_processes=num_processes, process_id=process_id)
-  elif _in_multiprocess_cluster():
-    kwargs = {}
+  elif _in_multiprocess_cluster() or _on_cloud_tpu_vm():
+    kwargs = {}  # JAX detects the rest (on a TPU VM, from the metadata server).
   else:
     return False
   timeout = _distributed_timeout_s()

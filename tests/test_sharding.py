@@ -207,3 +207,28 @@ def test_initialize_distributed_failure_names_the_coordinator(monkeypatch):
   monkeypatch.setattr(jax.distributed, "initialize", unreachable)
   with pytest.raises(RuntimeError, match=r"10\.0\.0\.9:1234.*7 s"):
     mesh_lib.initialize_distributed("10.0.0.9:1234", 2, 1)
+
+
+def test_a_cloud_tpu_vm_joins_its_slice_without_flags(monkeypatch, tmp_path):
+  """`gcloud compute tpus tpu-vm create` describes the workers in the metadata server,
+  not in the environment: a TPU on the PCI bus is the sign, as JAX's own check."""
+  calls = _capture_initialize(monkeypatch)
+  for name in mesh_lib._CLUSTER_ENV + ("TPU_SKIP_MDS_QUERY",):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(mesh_lib, "PCI_DEVICES", str(tmp_path))
+
+  def pci_device(slot, vendor, device):
+    (tmp_path / slot).mkdir()
+    (tmp_path / slot / "vendor").write_text(vendor + "\n")
+    (tmp_path / slot / "device").write_text(device + "\n")
+
+  pci_device("0000:00:03.0", "0x8086", "0x1237")  # Intel host bridge.
+  pci_device("0000:00:04.0", "0x1ae0", "0x0042")  # Google's gVNIC: any GCE VM.
+  monkeypatch.setenv("JAX_PLATFORMS", "")
+  assert not mesh_lib.initialize_distributed() and calls == []
+  pci_device("0000:00:05.0", "0x1ae0", "0x0063")  # A TPU v5e chip.
+  assert mesh_lib.initialize_distributed() and calls == [
+      dict(initialization_timeout=mesh_lib.DEFAULT_DISTRIBUTED_TIMEOUT_S)]
+  # A helper process kept off the TPU (JAX_PLATFORMS=cpu) is a run of its own.
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert not mesh_lib.initialize_distributed() and len(calls) == 1
