@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from data import tokenizer as tokenizer_lib
+from inference import decoder as decoder_lib
 from inference.decoder import DecodeSettings
 from models import decoding
 from models import transformer
@@ -84,6 +85,10 @@ def beam_search(config, vocab_size: int, partitioner: Partitioner, *, batch: int
   settings = settings or DecodeSettings.from_config(config.get("decode"))
   model_cfg = _model_config(config, vocab_size, dtype)
   graphdef, params = partitioner.abstract_params(model_cfg.make_model())
+  # Laid out and padded as `Decoder` does it before the search.
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        params, decoder_lib.serving_layout(partitioner, params))
+  batch = decoder_lib.padded_rows(partitioner, batch)
   max_decode_len = min(model_cfg.max_len,
                        math.ceil(settings.max_len_a * src_len + settings.max_len_b))
   inputs = jax.ShapeDtypeStruct((batch, src_len), jnp.int32,

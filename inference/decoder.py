@@ -55,10 +55,27 @@ def global_batch(partitioner: Partitioner, inputs: np.ndarray) -> jax.Array:
       inputs.shape, partitioner.batch_sharding(inputs.shape[:2]), lambda i: inputs[i])
 
 
-def _stop_at_live(rows: int) -> int:
+def serving_layout(partitioner: Partitioner, params: nnx.State) -> nnx.State:
+  """Where the search reads the parameters from: whole across 'fsdp', tensor shards
+  kept. Laid out FSDP, every parameter would be gathered at every decoder step; this
+  gathers them once per `Decoder.bind`, for fsdp times their memory per chip."""
+  return partitioner.replicated_over(params, "fsdp")
+
+
+def padded_rows(partitioner: Partitioner, rows: int) -> int:
+  """`rows` rounded up to split evenly over the mesh's batch shards: a batch that
+  does not is left whole on every chip while its [batch * beam] rows are split,
+  which reshards the search's state at every step."""
+  shards = partitioner.batch_shards()
+  return -(-rows // shards) * shards
+
+
+def _stop_at_live(rows: int, row_multiple: int = 1) -> int:
   """When a segment of `rows` rows stops: once the live sentences fit in the next
-  smaller power of two rows (0: never, below MIN_ROWS_TO_COMPACT rows)."""
-  return 1 << ((rows - 1).bit_length() - 1) if rows >= MIN_ROWS_TO_COMPACT else 0
+  smaller power of two rows (0: never, below MIN_ROWS_TO_COMPACT rows or when those
+  rows would not split evenly over the `row_multiple` batch shards)."""
+  target = 1 << ((rows - 1).bit_length() - 1) if rows >= MIN_ROWS_TO_COMPACT else 0
+  return target if target % row_multiple == 0 else 0
 
 
 class Decoder:
@@ -74,6 +91,10 @@ class Decoder:
   searched in segments: each stops once the live sentences fit in half its rows,
   and the next runs on those only (padded to that half), so finished sentences
   stop costing steps. The hypotheses are those of the one-call search.
+
+  On a mesh, a batch is padded to split evenly over the batch shards (`padded_rows`)
+  and the parameters are read whole across 'fsdp' (`serving_layout`), so the loop
+  runs no collective for either.
   """
 
   def __init__(self, partitioner: Partitioner, settings: DecodeSettings, *,
@@ -83,6 +104,7 @@ class Decoder:
     self.max_len = max_len
     self.nbest = nbest
     self.compact = compact
+    self.row_multiple = partitioner.batch_shards()
     self._search = decoding.jit_beam_search(partitioner)
     self._begin = partitioner.jit(decoding.begin_search, static_argnums=0,
                                   static_argnames=("beam_size", "max_decode_len"))
@@ -103,7 +125,7 @@ class Decoder:
     origin = np.arange(rows)  # The input row of each row of the segment; -1: padding.
     while True:
       n = len(origin)
-      target = _stop_at_live(n)
+      target = _stop_at_live(n, self.row_multiple)
       segment, out, live = self._continue(graphdef, params, segment, float(s.alpha),
                                           target, eos_id=tokenizer_lib.EOS_ID,
                                           nbest=nbest)
@@ -136,7 +158,7 @@ class Decoder:
                           beam_size=s.beam_size, max_decode_len=max_decode_len)
     n = inputs.shape[0]
     while True:
-      target = _stop_at_live(n)
+      target = _stop_at_live(n, self.row_multiple)
       segment, _, _ = self._continue(graphdef, params, segment, float(s.alpha), target,
                                      eos_id=tokenizer_lib.EOS_ID, nbest=nbest)
       if not target:
@@ -147,25 +169,32 @@ class Decoder:
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
     """decode(inputs, settings=None, nbest=None, warmup=False); None: the Decoder's
     own. `warmup` also compiles what a batch of this shape may need later."""
+    params = jax.device_put(params, serving_layout(self.partitioner, params))
 
     def decode(inputs: np.ndarray, settings: DecodeSettings | None = None,
                nbest: int | None = None, warmup: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
       s = settings or self.settings
+      nbest = nbest or self.nbest
+      rows = inputs.shape[0]
       max_decode_len = min(self.max_len, math.ceil(s.max_len_a * inputs.shape[1]
                                                    + s.max_len_b))
-      if (self.compact and inputs.shape[0] >= MIN_ROWS_TO_COMPACT
+      padded = padded_rows(self.partitioner, rows)
+      if padded != rows:  # PAD rows: empty sources, cut off again below.
+        inputs = np.concatenate([inputs, np.full(
+            (padded - rows, inputs.shape[1]), tokenizer_lib.PAD_ID, inputs.dtype)])
+      if (self.compact and padded >= MIN_ROWS_TO_COMPACT
           and jax.process_count() == 1):
         if warmup:
-          self._warm_segments(graphdef, params, inputs, s, max_decode_len,
-                              nbest or self.nbest)
-        return self._segmented(graphdef, params, inputs, s, max_decode_len,
-                               nbest or self.nbest)
+          self._warm_segments(graphdef, params, inputs, s, max_decode_len, nbest)
+        tokens, scores = self._segmented(graphdef, params, inputs, s, max_decode_len,
+                                         nbest)
+        return tokens[:rows], scores[:rows]
       out = self._search(graphdef, params, global_batch(self.partitioner, inputs),
                          float(s.alpha), float(s.max_len_a), float(s.max_len_b),
                          eos_id=tokenizer_lib.EOS_ID, beam_size=s.beam_size,
-                         max_decode_len=max_decode_len, nbest=nbest or self.nbest)
+                         max_decode_len=max_decode_len, nbest=nbest)
       # Every process gets back all rows (multi-host).
-      return (multihost_utils.process_allgather(out.tokens, tiled=True),
-              multihost_utils.process_allgather(out.scores, tiled=True))
+      return (multihost_utils.process_allgather(out.tokens, tiled=True)[:rows],
+              multihost_utils.process_allgather(out.scores, tiled=True)[:rows])
     return decode

@@ -264,8 +264,10 @@ class Transformer(nnx.Module):
       return OutputTable(kernel=kernel, bias=bias, scale=scale,
                          quantize_inputs=output.quantize_inputs)
     if self.logits_dense is None:
+      # Whole across 'fsdp' (embed unsharded): read at every step, an FSDP table
+      # would gather its logits at every step.
       kernel = self.embed.embedding[...].T
-      return OutputTable(kernel=with_logical_constraint(kernel, ("embed", "vocab")),
+      return OutputTable(kernel=with_logical_constraint(kernel, (None, "vocab")),
                          bias=None)
     return OutputTable(kernel=self.logits_dense.kernel[...],
                        bias=self.logits_dense.bias[...])

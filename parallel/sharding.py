@@ -142,6 +142,30 @@ class Partitioner:
     """Input arrays [batch, length]: rows over ('data', 'fsdp') as far as they divide."""
     return self.sharding(("batch", "length"), shape)
 
+  def batch_shards(self) -> int:
+    """How many ways a batch's rows split: a row count divisible by it splits evenly."""
+    axes = self.spec(("batch",), (self.mesh.size,))[0] or ()
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(self.mesh.shape[a] for a in axes)
+
+  def replicated_over(self, tree: Any, axis: str) -> Any:
+    """The shardings of `tree`'s arrays with mesh `axis` dropped: whole across it.
+
+    E.g. serving on an FSDP mesh: parameters replicated over 'fsdp' are gathered
+    once, not at every decoder step. Works on arrays and ShapeDtypeStructs alike.
+    """
+    def drop(entry):
+      axes = tuple(a for a in ((entry,) if isinstance(entry, str) else entry or ())
+                   if a != axis)
+      return axes[0] if len(axes) == 1 else (axes or None)
+
+    def leaf(x):  # Arrays not laid out on a mesh (e.g. on one device): replicated.
+      sharding = getattr(x, "sharding", None)
+      if not isinstance(sharding, NamedSharding):
+        return self.replicated
+      return NamedSharding(self.mesh, P(*map(drop, sharding.spec)))
+    return jax.tree.map(leaf, tree)
+
   def state_shardings(self, tree: Any):
     """NamedSharding per leaf of an NNX state (abstract or concrete), from its names.
 

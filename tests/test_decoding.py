@@ -327,7 +327,7 @@ def test_segments_dropping_done_sentences_match_the_one_call_search(parts, eos_p
   """8 sentences of different max lengths: the segmented search (done sentences
   dropped as it goes) gives every sentence the one-call search's n-best, on one
   device and with the batch split over two (each CPU device runs its own thread)
-  or eight."""
+  or eight (there no segment can halve: 4 rows would not split over 8 shards)."""
   graphdef, params = parts
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   partitioner = Partitioner(mesh_lib.create_mesh(mesh_shape, devices))
@@ -340,7 +340,37 @@ def test_segments_dropping_done_sentences_match_the_one_call_search(parts, eos_p
     got, expected = (d.bind(graphdef, p)(batch) for d in (segmented, plain))
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_allclose(got[1], expected[1], atol=TOL)
-  assert takes and min(takes) < len(batch)  # Sentences were dropped on the way.
+  if partitioner.batch_shards() < len(batch):
+    assert takes and min(takes) < len(batch)  # Sentences were dropped on the way.
+  else:
+    assert not takes
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_an_fsdp_mesh_pads_an_uneven_batch_and_reads_whole_parameters(parts, alone,
+                                                                      compact):
+  """3 sentences on a ('data', 'fsdp') = (2, 4) mesh: the search runs on 8 rows (an
+  uneven batch would reshard its state at every step) over parameters whole across
+  'fsdp' (else gathered at every step); 3 rows come back, as on one device."""
+  graphdef, params = parts
+  partitioner = Partitioner(mesh_lib.create_mesh((2, 4, 1)))
+  decoder = Decoder(partitioner, DecodeSettings(beam_size=BEAM, alpha=ALPHA,
+                                                max_len_a=A, max_len_b=B),
+                    max_len=MAX_DECODE_LEN, nbest=BEAM, compact=compact)
+  seen = []
+  for name in ("_search", "_begin"):
+    setattr(decoder, name, lambda g, p, inputs, *a, _f=getattr(decoder, name), **k: (
+        seen.append((inputs.shape, {x.sharding.spec for x in jax.tree.leaves(p)})),
+        _f(g, p, inputs, *a, **k))[1])
+  fsdp_params = jax.device_put(params, partitioner.state_shardings(params))
+  assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(fsdp_params))
+  batch = np.stack([NEIGHBOURS[0], np.pad(SENTENCE, (0, 5)), NEIGHBOURS[1]])
+  tokens, scores = decoder.bind(graphdef, fsdp_params)(batch)
+  assert tokens.shape[:2] == (3, BEAM) and scores.shape == (3, BEAM)
+  ((shape, specs),) = seen
+  assert shape[0] == 8 and not any("fsdp" in str(spec) for spec in specs)
+  np.testing.assert_array_equal(tokens[1], np.asarray(alone.tokens)[0])
+  np.testing.assert_allclose(scores[1], np.asarray(alone.scores)[0], atol=TOL)
 
 
 def test_warmup_compiles_every_segment_program_a_batch_shape_can_need(parts):

@@ -128,9 +128,9 @@ def test_the_command_rejects_an_unknown_topology_before_compiling():
   assert "v5e-16" in result.stderr and "not a TPU topology" in result.stderr
 
 
-def _reports(topology: str, mesh_shape, decode_batch: int):
-  """Reports of the smoke config's train step and beam search (`decode_batch`
-  sentences) compiled for `topology` (libtpu)."""
+def _reports(topology: str, mesh_shape, decode_batch: int, train: bool = True):
+  """Reports of the smoke config's train step (if `train`) and beam search
+  (`decode_batch` sentences) compiled for `topology` (libtpu)."""
   from aot import programs  # pylint: disable=g-import-not-at-top
   from parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from parallel.sharding import Partitioner  # pylint: disable=g-import-not-at-top
@@ -139,9 +139,9 @@ def _reports(topology: str, mesh_shape, decode_batch: int):
   partitioner = Partitioner(mesh_lib.create_mesh(mesh_shape, devices),
                             config.logical_axis_rules)
   vocab = config.data.vocab_size
-  lowered = [programs.training_programs(config, vocab, partitioner)[0],
-             programs.beam_search(config, vocab, partitioner, batch=decode_batch,
-                                  src_len=16)]
+  lowered = ([programs.training_programs(config, vocab, partitioner)[0]] * train
+             + [programs.beam_search(config, vocab, partitioner, batch=decode_batch,
+                                     src_len=16)])
   mesh = dict(partitioner.mesh.shape)
   return {p.name: report_lib.report(p, devices, topology, mesh)[0] for p in lowered}
 
@@ -163,6 +163,20 @@ def test_data_and_fsdp_on_v5e_4_fit_gather_parameters_and_reduce_gradients():
   assert train["collectives"]["per_step"]["all-gather"]["count"] > 0  # FSDP gathers.
   assert train["roofline"]["step_s"] > 0 and 0 < train["roofline"]["mfu"] < 1
   assert not [t for t in reports["beam_search"]["host_transfers"] if t["in_loop"]]
+  # The search reads parameters and its output table whole across 'fsdp': its loop
+  # gathers nothing (38 all-gathers per step when they were laid out FSDP).
+  assert set(reports["beam_search"]["collectives"]["per_loop_iteration"]) == {
+      "all-reduce"}
+
+
+@needs_libtpu
+def test_a_decode_batch_that_does_not_split_over_the_chips_is_padded():
+  """2 sentences on 4 chips run as 4 rows: left whole on every chip while their
+  [batch * beam] rows were split, they resharded at every step (27 collectives)."""
+  search = _reports("v5e-4", (4, 1, 1), decode_batch=2, train=False)["beam_search"]
+  assert search["batch"] == 4
+  loop = search["collectives"]["per_loop_iteration"]
+  assert set(loop) == {"all-reduce"} and loop["all-reduce"]["count"] == 1
 
 
 @needs_libtpu
