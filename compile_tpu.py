@@ -4,7 +4,8 @@
       --mesh_shape=16,1,1
 
 libtpu's compile-only devices stand in for the slice (no TPU needed, the [tpu] extra
-is), the programs are the ones training and serving run (training.state.build_program
+is; `--topology=h100-8` compiles for eight H100s with the [cuda-compile] extra), the
+programs are the ones training and serving run (training.state.build_program
 and models.decoding.jit_beam_search, with their shardings and donation), and one JSON
 line per program says whether it fits in HBM and what it costs (aot/report.py). An
 out-of-memory program gets a line with `fits: false` and what to try; the exit status
@@ -31,8 +32,8 @@ from parallel.sharding import Partitioner  # pylint: disable=wrong-import-positi
 PROGRAMS = ("train_step", "eval_step", "beam_search")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _TOPOLOGY = flags.DEFINE_string(
-    "topology", None, "TPU accelerator type (v5e-16, v5p-8, v4-8, v6e-8, ...) or"
-    " libtpu topology name (v5e:4x4).")
+    "topology", None, "TPU accelerator type (v5e-16, v5p-8, v4-8, v6e-8, ...),"
+    " libtpu topology name (v5e:4x4), or h100 / h100-8 (one host of 1 or 8 GPUs).")
 _MESH = flags.DEFINE_list("mesh_shape", None, "data,fsdp,tensor sizes (-1 fills);"
                           " default: the config's mesh_shape.")
 _PROGRAMS = flags.DEFINE_list("programs", list(PROGRAMS), f"Some of {PROGRAMS}.")

@@ -1,4 +1,4 @@
-"""Per-chip peaks of Cloud TPU generations, for fit checks and roofline estimates.
+"""Per-chip peaks of Cloud TPU generations (and the H100), for fit checks and roofline estimates.
 
 Sources (Cloud TPU system-architecture pages, read 2026-12):
   v4   https://cloud.google.com/tpu/docs/v4   275 TFLOP/s bf16; HBM2 32 GiB, 1200 GB/s.
@@ -10,6 +10,9 @@ Sources (Cloud TPU system-architecture pages, read 2026-12):
        bidirectional ICI 1200 GB/s per chip.
   v6e  https://cloud.google.com/tpu/docs/v6e  918 TFLOP/s bf16; 32 GB, 1600 GB/s;
        bidirectional ICI 800 GB/s per chip.
+  H100 NVIDIA H100 Tensor Core GPU datasheet (SXM5): 989 TFLOP/s dense bf16; 80 GB
+       HBM3 (79.1 GiB as CUDA reports it), 3.35 TB/s; NVLink 900 GB/s per GPU
+       (bidirectional, all links).
 HBM capacities are taken as GiB (2**30 bytes) for every generation; the compiler's own
 out-of-memory message states the exact usable bytes.
 """
@@ -33,6 +36,7 @@ CHIPS = {
     "TPU v5 lite": ChipSpec("v5e", 16 * GiB, 197e12, 819e9, 400e9),
     "TPU v5": ChipSpec("v5p", 95 * GiB, 459e12, 2765e9, 1200e9),
     "TPU v6 lite": ChipSpec("v6e", 32 * GiB, 918e12, 1600e9, 800e9),
+    "NVIDIA H100 80GB HBM3": ChipSpec("h100", 84929347584, 989e12, 3350e9, 900e9),
 }
 
 

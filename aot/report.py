@@ -75,11 +75,17 @@ def memory(compiled, spec: chips_lib.ChipSpec) -> dict:
           "fits": peak <= spec.hbm_bytes}
 
 
-def roofline(flops: float, hbm_bytes: float, ici_bytes: float,
+def roofline(flops: float | None, hbm_bytes: float | None, ici_bytes: float,
              spec: chips_lib.ChipSpec, model_flops_per_chip: float | None) -> dict:
-  times = {"compute_s": flops / spec.peak_bf16_flops,
-           "hbm_s": hbm_bytes / spec.hbm_bytes_per_s,
+  """Bound times and the step; FLOPs or bytes that XLA did not count (None: its GPU
+  compiler gives no cost analysis) leave their bound out, and with no FLOPs at all
+  there is no step time."""
+  times = {"compute_s": flops / spec.peak_bf16_flops if flops is not None else None,
+           "hbm_s": hbm_bytes / spec.hbm_bytes_per_s if hbm_bytes is not None else None,
            "ici_s": ici_bytes / spec.ici_bytes_per_s}
+  if flops is None:
+    return {**times, "step_s": None, "bound_by": None, "mfu": None}
+  times = {k: v for k, v in times.items() if v is not None}
   step = max(times.values())
   bound = max(times, key=times.get).removesuffix("_s")
   mfu = (model_flops_per_chip / (spec.peak_bf16_flops * step)
@@ -96,7 +102,7 @@ def report(lowered: Lowered, devices: list, topology: str, mesh_shape: dict,
   spec = chips_lib.chip_spec(devices[0].device_kind)
   compiled, seconds = _compile(lowered, remat)
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # GPU: None.
   module = hlo.Module.parse(compiled.as_text())
   found = hlo.collectives(module, len(devices))
   summary = hlo.summarize_collectives(found)
@@ -109,12 +115,12 @@ def report(lowered: Lowered, devices: list, topology: str, mesh_shape: dict,
       "hosts": len({d.process_index for d in devices}), "mesh": mesh_shape,
       **lowered.shape, **lowered.extra,
       "memory": memory(compiled, spec),
-      "xla_flops_per_chip": cost.get("flops", 0.0),
-      "xla_bytes_per_chip": cost.get("bytes accessed", 0.0),
+      "xla_flops_per_chip": cost.get("flops"),
+      "xla_bytes_per_chip": cost.get("bytes accessed"),
       "model_flops_per_chip": model_flops,
       "collectives": summary,
-      "roofline": roofline(cost.get("flops", 0.0), cost.get("bytes accessed", 0.0), ici,
-                           spec, model_flops),
+      "roofline": roofline(cost.get("flops"), cost.get("bytes accessed"), ici, spec,
+                           model_flops),
       "dots_by_operand_dtype": hlo.dot_operand_dtypes(module),
       "host_transfers": hlo.host_transfers(module),
       "loop_copies": copies[:5],

@@ -28,6 +28,12 @@ def _where(line: dict) -> str:
   return f"{line['topology']} {chips}".strip()
 
 
+def _step_ms(roofline: dict) -> str:
+  if roofline.get("step_s") is None:  # No FLOPs from XLA (its GPU compiler).
+    return "-"
+  return f"{roofline['step_s'] * 1e3:.3g} ({roofline['bound_by']})"
+
+
 def training_row(line: dict) -> str:
   program = line["program"] + (" (remat)" if line.get("remat") else "")
   head = (f"| {line.get('config', '')} | {program} | {_where(line)} |"
@@ -40,7 +46,7 @@ def training_row(line: dict) -> str:
           f" {mem['hbm_gib']:.0f} | {mem['arguments_gib']:.3g} |"
           f" {mem['temporaries_gib']:.3g} |"
           f" {_collectives(line['collectives']['per_step'])} |"
-          f" {roof['step_s'] * 1e3:.3g} ({roof['bound_by']}) | {mfu} |"
+          f" {_step_ms(roof)} | {mfu} |"
           f" {line['compile_s']:.0f} |")
 
 

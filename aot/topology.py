@@ -1,4 +1,5 @@
-"""Compile-only TPU devices for a named topology, from libtpu on any host.
+"""Compile-only TPU devices for a named topology, from libtpu on any host (and
+H100s from the CUDA plugin, aot/gpu.py).
 
 Names are Cloud TPU accelerator types (`v5e-16`, as `gcloud --accelerator-type`
 takes them) mapped as MaxText's accelerator_to_spec_map does; libtpu's own
@@ -8,6 +9,8 @@ megacore (one device per chip, its two TensorCores together), as a slice runs th
 import dataclasses
 import importlib.util
 import os
+
+from aot import gpu
 
 INSTALL_HINT = ("libtpu, the TPU compiler, is not installed. Install the [tpu] extra"
                 " at the pinned versions: .venv/bin/pip install -c"
@@ -54,7 +57,8 @@ def _unknown(name: str) -> ValueError:
   return ValueError(
       f"--topology={name!r} is not a TPU topology. Use an accelerator type, one of "
       f"{', '.join(TOPOLOGIES)}, or libtpu's <generation>:<shape> form such as "
-      "v5e:4x4, v6e:2x4, v5:2x2x1 (v5p) or v4:2x2x1.")
+      "v5e:4x4, v6e:2x4, v5:2x2x1 (v5p) or v4:2x2x1; or a GPU: "
+      f"{', '.join(gpu.TOPOLOGIES)}.")
 
 
 def resolve(name: str) -> TopologySpec:
@@ -85,11 +89,14 @@ def libtpu_installed() -> bool:
 
 
 def devices(name: str) -> list:
-  """The compile-only devices of topology `name` (an accelerator type or libtpu name).
+  """The compile-only devices of topology `name` (an accelerator type, a libtpu
+  name or a GPU of aot/gpu.py).
 
-  RuntimeError with the install command when libtpu is missing; ValueError listing
-  valid names for an unknown topology.
+  RuntimeError with the install command when libtpu (or the CUDA plugin) is missing;
+  ValueError listing valid names for an unknown topology.
   """
+  if name in gpu.TOPOLOGIES:
+    return gpu.devices(name)
   spec = resolve(name)
   if not libtpu_installed():
     raise RuntimeError(INSTALL_HINT)

@@ -1,7 +1,9 @@
 """Compile-only TPU checks (aot/, compile_tpu.py): HLO parsing, topology names, and
-the smoke config's train step and beam search compiled for v5e-4 and v5e-16 (4 hosts).
+the smoke config's train step and beam search compiled for v5e-4 and v5e-16 (4 hosts),
+and for eight H100s.
 
-The compiling tests need libtpu (the [tpu] extra) and are skipped without it.
+The compiling tests need libtpu (the [tpu] extra) or the CUDA plugin (the
+[cuda-compile] extra) and are skipped without them.
 """
 import subprocess
 import sys
@@ -13,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aot import gpu
 from aot import hlo
 from aot import report as report_lib
+from aot import table as table_lib
 from aot import topology as topology_lib
 from configs import smoke
 
@@ -22,6 +26,9 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 needs_libtpu = pytest.mark.skipif(
     not topology_lib.libtpu_installed(),
     reason="libtpu is not installed: pip install -c requirements/lock.txt -e '.[tpu]'")
+needs_cuda_plugin = pytest.mark.skipif(
+    not gpu.plugin_installed(), reason="the CUDA plugin is not installed: pip install"
+    " -c requirements/lock.txt -e '.[cuda-compile]'")
 
 # The shapes of XLA:TPU's compiled text (libtpu 0.0.42.1): a reduce-scatter as an
 # all-reduce inside an `all-reduce-scatter` fusion, an all-gather with mesh-form
@@ -107,6 +114,29 @@ def test_missing_libtpu_says_how_to_install_it(monkeypatch):
     topology_lib.devices("v5e-4")
 
 
+def test_missing_cuda_plugin_says_how_to_install_it(monkeypatch):
+  monkeypatch.setattr(gpu, "plugin_installed", lambda: False)
+  with pytest.raises(RuntimeError, match=r"--no-deps -c requirements/lock.txt"
+                     r" jax-cuda12-plugin"):
+    topology_lib.devices("h100-8")
+  with pytest.raises(ValueError, match=r"or a GPU: h100, h100-8"):
+    topology_lib.resolve("h200")
+
+
+@needs_cuda_plugin
+def test_eight_h100s_fit_and_all_reduce_the_gradients_without_a_gpu():
+  """XLA's GPU compiler answers memory but no cost analysis: the roofline has no step
+  time and the table says so instead of a number."""
+  reports = _reports("h100-8", (8, 1, 1), decode_batch=8)
+  train, search = reports["train_step"], reports["beam_search"]
+  assert (train["chip"], train["chips"], train["hosts"]) == ("h100", 8, 1)
+  assert train["memory"]["fits"] and search["memory"]["fits"]
+  assert _gradient_reduction_bytes(train) >= train["params"] * 4
+  assert train["xla_flops_per_chip"] is None and train["roofline"]["step_s"] is None
+  assert "| - | - |" in table_lib.training_row({"config": "smoke.py", **train})
+  assert set(search["collectives"]["per_loop_iteration"]) == {"all-reduce"}
+
+
 def test_out_of_memory_says_by_how_much_and_what_to_try():
   # XLA:TPU's message for the smoke train step at 262,144 rows on v5e-1.
   message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required"
@@ -130,7 +160,7 @@ def test_the_command_rejects_an_unknown_topology_before_compiling():
 
 def _reports(topology: str, mesh_shape, decode_batch: int, train: bool = True):
   """Reports of the smoke config's train step (if `train`) and beam search
-  (`decode_batch` sentences) compiled for `topology` (libtpu)."""
+  (`decode_batch` sentences) compiled for `topology` (libtpu, or the CUDA plugin for a GPU)."""
   from aot import programs  # pylint: disable=g-import-not-at-top
   from parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from parallel.sharding import Partitioner  # pylint: disable=g-import-not-at-top
