@@ -1,13 +1,17 @@
-"""Writes a trained model (or random weights) as a CTranslate2 model directory.
+"""Writes a trained model as a CTranslate2 model directory or a model bundle.
 
   python export.py --workdir=DIR --format=ctranslate2 --output=DIR [--quantization=int8]
   python export.py --config=configs/transformer_base.py --output=DIR  # Random weights.
+  python export.py --workdir=DIR --format=bundle --output=DIR [--quantize=int8]
 
-Needs the optional ctranslate2 package (inference/export.py). The directory (with the
-run's spm.model and a SHA256SUMS manifest) replaces an earlier export whole, atomically.
-Prints one JSON line.
+CTranslate2 needs the optional ctranslate2 package (inference/export.py). A bundle
+(inference/bundle.py) is what `infer.py` and `serve.py` load as --workdir, without
+the training workdir. Either directory (with the run's spm.model, MODEL_CARD.md and
+a SHA256SUMS manifest) replaces an earlier export whole, atomically. Prints one JSON
+line.
 """
 import json
+import os
 
 from absl import app
 from absl import flags
@@ -15,13 +19,18 @@ from absl import flags
 from cli import inference_flags
 from cli import logs
 from data import tokenizer as tokenizer_lib
+from inference import bundle
 from inference import export
+from inference import model_card
 from models import transformer
 
 inference_flags.define_checkpoint()
 inference_flags.define_random_weights()
-_FORMAT = flags.DEFINE_enum("format", "ctranslate2", ["ctranslate2"],
+_FORMAT = flags.DEFINE_enum("format", "ctranslate2", ["ctranslate2", "bundle"],
                             "The format written to the --output directory.")
+_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8", "int8_weights"],
+                              "--format=bundle: store the dense layers as int8"
+                              " (models/quantization.py modes); default float32.")
 _OUTPUT = flags.DEFINE_string("output", None, "The model directory to write.")
 _QUANTIZATION = flags.DEFINE_string("quantization", None, "Weight type of the exported"
                                     " model, e.g. int8 (CTranslate2 quantizes the"
@@ -37,13 +46,28 @@ def main(argv):
     export.check_output_dir(_OUTPUT.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  _, _, model = inference_flags.checkpoint_or_random("export.py")
   workdir = flags.FLAGS.workdir
+  if _FORMAT.value == "bundle":
+    if not workdir:
+      raise app.UsageError("--format=bundle needs --workdir (a trained run).")
+    quantize = None if _QUANTIZE.value == "none" else _QUANTIZE.value
+    info = bundle.write_bundle(workdir, _OUTPUT.value, step=flags.FLAGS.step,
+                               checkpoint_dir=flags.FLAGS.checkpoint_dir,
+                               quantize=quantize)
+    print(json.dumps({"format": "bundle", "output": os.path.abspath(_OUTPUT.value),
+                      "weights": info["weights"], "step": info["step"],
+                      "parameters": info["card"]["model"]["parameters"]}))
+    return
+  _, _, model = inference_flags.checkpoint_or_random("export.py")
   vocab = (tokenizer_lib.load_from_workdir(workdir) if workdir
            else export.synthetic_vocabulary(flags.FLAGS.vocab_size))
+  weights = _QUANTIZATION.value or "float32"
+  card = (model_card.render(model_card.facts(
+      workdir, parameters=transformer.count_params(model.params), step=model.step,
+      weights=weights), f"CTranslate2, {weights} weights") if workdir else None)
   output = export.export_ctranslate2(model.graphdef, model.params, model.model_config,
                                      vocab, _OUTPUT.value,
-                                     quantization=_QUANTIZATION.value)
+                                     quantization=_QUANTIZATION.value, card=card)
   print(json.dumps({"format": _FORMAT.value, "output": output,
                     "quantization": _QUANTIZATION.value,
                     "parameters": transformer.count_params(model.params)}))

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from inference import bundle
 from inference import compile_cache
 from inference import restore
 from inference.decoder import DecodeSettings
@@ -33,7 +34,8 @@ _DECODE_FIELDS = ("beam_size", "alpha", "max_len_a", "max_len_b")
 
 def define_workdir() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir (config.json, spm.model,"
-                      " checkpoints/).")
+                      " checkpoints/); translating and serving also take a model"
+                      " bundle (export.py --format=bundle).")
 
 
 def define_checkpoint() -> None:
@@ -158,8 +160,23 @@ def enable_compilation_cache() -> None:
 
 
 def translator(job: str) -> Translator:
-  """The Translator of the `define_translator` flags, for `job` (error messages)."""
+  """The Translator of the `define_translator` flags, for `job` (error messages).
+
+  --workdir may be a model bundle (export.py --format=bundle): it holds one set of
+  float32 or int8 weights, so the flags that choose them are refused there.
+  """
   batching = {"batch_tokens": FLAGS.batch_tokens} if "batch_tokens" in FLAGS else {}
+  if bundle.is_bundle(workdir(job)):
+    chosen = [f"--{name}" for name in ("step", "checkpoint_dir", "dtype", "quantize")
+              if FLAGS[name].present]
+    if chosen:
+      raise app.UsageError(f"--workdir={FLAGS.workdir} is a model bundle, which holds"
+                           f" one set of weights: drop {', '.join(chosen)} (export"
+                           " another bundle for other weights).")
+    decode_settings({"decode": bundle.read_info(FLAGS.workdir)["decode"]})
+    return Translator.from_bundle(
+        FLAGS.workdir, decode_overrides=decode_overrides(), nbest=FLAGS.nbest,
+        max_len=FLAGS.max_source_len, **batching)
   decode_settings(layout.read_config(workdir(job)))  # Before the model loads.
   return Translator.from_workdir(
       workdir(job), step=FLAGS.step, checkpoint_dir=FLAGS.checkpoint_dir,

@@ -18,7 +18,8 @@ makes the two compute the same function:
   `add_source_eos` appends EOS to the source as our tokenizer pipeline does.
 
 The directory also holds `spm.model` (the run's tokenizer, to turn text into the
-pieces CTranslate2 takes) and `SHA256SUMS` (storage/integrity.py). It is built beside
+pieces CTranslate2 takes), `MODEL_CARD.md` when exported from a run
+(inference/model_card.py) and `SHA256SUMS` (storage/integrity.py). It is built beside
 the old one and swapped in whole (`files.replace_dir`), so a kill at any point
 leaves the previous export or the new one, complete, and no file of an older export
 stays behind.
@@ -35,6 +36,7 @@ import jax
 import numpy as np
 
 from data import tokenizer as tokenizer_lib
+from inference import model_card
 from models import transformer
 from models.layers import sinusoid_table
 from storage import files
@@ -218,8 +220,10 @@ def check_output_dir(path) -> None:
     raise ValueError(f"--output={path}: cannot write in {parent}.")
 
 
-def _write_directory(spec, tokenizer_or_vocab, output_dir: str) -> None:
-  """spec.save, spm.model and SHA256SUMS into a staging directory, then swapped in."""
+def _write_directory(spec, tokenizer_or_vocab, output_dir: str,
+                     card: str | None) -> None:
+  """spec.save, spm.model, the card and SHA256SUMS into a staging directory, then
+  swapped in."""
   files.recover_dir(output_dir)
   staging = files.staging_dir(output_dir)
   try:
@@ -227,6 +231,8 @@ def _write_directory(spec, tokenizer_or_vocab, output_dir: str) -> None:
     if isinstance(tokenizer_or_vocab, tokenizer_lib.Tokenizer):
       files.atomic_write(os.path.join(staging, TOKENIZER_FILE),
                          tokenizer_or_vocab.proto)
+    if card is not None:
+      files.atomic_write(os.path.join(staging, model_card.CARD_FILE), card)
     integrity.write_manifest(staging)
     files.replace_dir(staging, output_dir)
   except BaseException:
@@ -235,16 +241,17 @@ def _write_directory(spec, tokenizer_or_vocab, output_dir: str) -> None:
 
 
 def export_ctranslate2(graphdef_or_model, params, model_config: transformer.TransformerConfig,
-                       tokenizer_or_vocab, output_dir, quantization: str | None = None
-                       ) -> str:
+                       tokenizer_or_vocab, output_dir, quantization: str | None = None,
+                       card: str | None = None) -> str:
   """Writes a CTranslate2 model directory for our Transformer; returns its path.
 
   graphdef_or_model: an `nnx.GraphDef` with `params` (e.g. from `restore_params`),
   or a `Transformer` (then `params` may be None). tokenizer_or_vocab: the run's
   `Tokenizer` (then written as spm.model too) or its pieces in id order.
   quantization: None keeps float32 weights; "int8" (or any CTranslate2
-  quantization, e.g. "int8_float32", "float16") sets the stored type. The
-  directory is replaced whole, atomically (`check_output_dir` says which may be).
+  quantization, e.g. "int8_float32", "float16") sets the stored type. `card`: the
+  text of MODEL_CARD.md (inference/model_card.py), if any. The directory is replaced
+  whole, atomically (`check_output_dir` says which may be).
   """
   _import_ctranslate2()
   output_dir = os.path.abspath(os.fspath(output_dir))
@@ -256,7 +263,7 @@ def export_ctranslate2(graphdef_or_model, params, model_config: transformer.Tran
                      f"({model.cfg}).")  # Dtypes aside: the export is float32 first.
   spec = build_spec(model, vocabulary(tokenizer_or_vocab))
   spec.optimize(quantization=quantization)
-  _write_directory(spec, tokenizer_or_vocab, output_dir)
+  _write_directory(spec, tokenizer_or_vocab, output_dir, card)
   return output_dir
 
 

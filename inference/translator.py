@@ -26,6 +26,7 @@ import tqdm
 
 from data import tokenizer as tokenizer_lib
 from inference import bucketing
+from inference import bundle as bundle_lib
 from inference import decoder as decoder_lib
 from inference import restore
 from inference import scoring
@@ -166,6 +167,29 @@ class Translator:
     return cls(graphdef=model.graphdef, params=model.params, tokenizer=tokenizer,
                decoder=decoder, step=model.step, batch_tokens=batch_tokens,
                max_len=max_len)
+
+  @classmethod
+  def from_bundle(cls, path: str, *, partitioner: Partitioner | None = None,
+                  decode_overrides: dict | None = None, nbest: int = 1,
+                  batch_tokens: int = 4096, max_len: int | None = None
+                  ) -> "Translator":
+    """Loads a model bundle (`inference.bundle`, `export.py --format=bundle`).
+
+    Decode settings are the bundle's, with `decode_overrides` replacing fields; the
+    partitioner defaults to every local device on the batch axis.
+    """
+    _check_limits(max_len, batch_tokens)
+    if partitioner is None:
+      partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
+    loaded = bundle_lib.load_bundle(path, partitioner)
+    settings = dataclasses.replace(loaded.settings, **{
+        k: v for k, v in (decode_overrides or {}).items() if v is not None})
+    decoder = decoder_lib.Decoder(partitioner, settings,
+                                  max_len=loaded.model.model_config.max_len,
+                                  nbest=nbest)
+    return cls(graphdef=loaded.model.graphdef, params=loaded.model.params,
+               tokenizer=loaded.tokenizer, decoder=decoder, step=loaded.model.step,
+               batch_tokens=batch_tokens, max_len=max_len)
 
   @property
   def settings(self) -> DecodeSettings:
