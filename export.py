@@ -1,14 +1,17 @@
-"""Writes a trained model as a CTranslate2 model directory or a model bundle.
+"""Writes a trained model as a CTranslate2 model directory, a bundle or StableHLO.
 
   python export.py --workdir=DIR --format=ctranslate2 --output=DIR [--quantization=int8]
   python export.py --config=configs/transformer_base.py --output=DIR  # Random weights.
   python export.py --workdir=DIR --format=bundle --output=DIR [--quantize=int8]
+  python export.py --workdir=DIR --format=stablehlo --output=DIR  # + compiled search
 
 CTranslate2 needs the optional ctranslate2 package (inference/export.py). A bundle
 (inference/bundle.py) is what `infer.py` and `serve.py` load as --workdir, without
-the training workdir. Either directory (with the run's spm.model, MODEL_CARD.md and
-a SHA256SUMS manifest) replaces an earlier export whole, atomically. Prints one JSON
-line.
+the training workdir; a StableHLO directory is a bundle with the beam search
+serialized by jax.export (inference/stablehlo.py), which `runners/stablehlo.py` runs
+with jax, numpy and sentencepiece alone. Every directory (with the run's spm.model,
+MODEL_CARD.md and a SHA256SUMS manifest) replaces an earlier export whole,
+atomically. Prints one JSON line.
 """
 import json
 import os
@@ -22,15 +25,18 @@ from data import tokenizer as tokenizer_lib
 from inference import bundle
 from inference import export
 from inference import model_card
+from inference import stablehlo
 from models import transformer
 
 inference_flags.define_checkpoint()
 inference_flags.define_random_weights()
-_FORMAT = flags.DEFINE_enum("format", "ctranslate2", ["ctranslate2", "bundle"],
+_FORMAT = flags.DEFINE_enum("format", "ctranslate2",
+                            ["ctranslate2", "bundle", "stablehlo"],
                             "The format written to the --output directory.")
 _QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8", "int8_weights"],
-                              "--format=bundle: store the dense layers as int8"
-                              " (models/quantization.py modes); default float32.")
+                              "--format=bundle or stablehlo: store the dense layers"
+                              " as int8 (models/quantization.py modes); default"
+                              " float32.")
 _OUTPUT = flags.DEFINE_string("output", None, "The model directory to write.")
 _QUANTIZATION = flags.DEFINE_string("quantization", None, "Weight type of the exported"
                                     " model, e.g. int8 (CTranslate2 quantizes the"
@@ -47,14 +53,16 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   workdir = flags.FLAGS.workdir
-  if _FORMAT.value == "bundle":
+  if _FORMAT.value in ("bundle", "stablehlo"):
     if not workdir:
-      raise app.UsageError("--format=bundle needs --workdir (a trained run).")
-    quantize = None if _QUANTIZE.value == "none" else _QUANTIZE.value
-    info = bundle.write_bundle(workdir, _OUTPUT.value, step=flags.FLAGS.step,
-                               checkpoint_dir=flags.FLAGS.checkpoint_dir,
-                               quantize=quantize)
-    print(json.dumps({"format": "bundle", "output": os.path.abspath(_OUTPUT.value),
+      raise app.UsageError(f"--format={_FORMAT.value} needs --workdir (a trained run).")
+    write = (bundle.write_bundle if _FORMAT.value == "bundle"
+             else stablehlo.export_stablehlo)
+    info = write(workdir, _OUTPUT.value, step=flags.FLAGS.step,
+                 checkpoint_dir=flags.FLAGS.checkpoint_dir,
+                 quantize=None if _QUANTIZE.value == "none" else _QUANTIZE.value)
+    print(json.dumps({"format": _FORMAT.value,
+                      "output": os.path.abspath(_OUTPUT.value),
                       "weights": info["weights"], "step": info["step"],
                       "parameters": info["card"]["model"]["parameters"]}))
     return

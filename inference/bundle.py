@@ -1,6 +1,6 @@
 """A model bundle: one directory that translates without the training workdir.
 
-  bundle.json     the model and decode configuration, the weights' kind, the card's facts
+  bundle.json     the model and decode configuration, the weights' kind, the card
   params.npz      the parameters by pytree path (float32, or int8 with float32 scales)
   spm.model       the tokenizer
   MODEL_CARD.md   data, recipe, command, BLEU of each split (inference/model_card.py)
@@ -10,6 +10,7 @@
 (and `Translator.from_bundle`) restores it on any mesh. numpy's .npz keeps int8 as
 int8, so an int8 bundle is about a quarter of the float32 one.
 """
+from collections.abc import Callable
 import dataclasses
 import io
 import json
@@ -44,7 +45,7 @@ def is_bundle(path) -> bool:
   return (epath.Path(path) / BUNDLE_FILE).exists()
 
 
-def _name(path) -> str:
+def param_name(path) -> str:
   """A parameter's pytree path as a name: 'encoder_layers/0/attn/query/kernel'."""
   return jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
 
@@ -52,16 +53,18 @@ def _name(path) -> str:
 def _flat(params) -> dict[str, np.ndarray]:
   """{name: host array} of a parameter pytree."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-  return {_name(path): np.asarray(jax.device_get(x)) for path, x in leaves}
+  return {param_name(path): np.asarray(jax.device_get(x)) for path, x in leaves}
 
 
 def write_bundle(workdir: str, output: str, *, step: int | None = None,
-                 checkpoint_dir: str | None = None, quantize: str | None = None
-                 ) -> dict:
+                 checkpoint_dir: str | None = None, quantize: str | None = None,
+                 add_files: Callable[[str], None] | None = None) -> dict:
   """Writes the bundle of a workdir's checkpoint (default: its latest) to `output`.
 
   `quantize` ('int8', 'int8_weights'; models/quantization.py) stores the int8 layers
-  as int8. Returns bundle.json's content.
+  as int8. `add_files(staging)` may add files to the complete bundle before it is
+  swapped in (e.g. its compiled programs, inference/stablehlo.py). Returns
+  bundle.json's content.
   """
   if quantize not in WEIGHTS:
     raise ValueError(f"--quantize={quantize!r}: a bundle stores float32 or one of"
@@ -98,6 +101,9 @@ def write_bundle(workdir: str, output: str, *, step: int | None = None,
     files.atomic_write(os.path.join(staging, model_card.CARD_FILE), model_card.render(
         info["card"], f"bundle, {weights} weights"))
     integrity.write_manifest(staging)
+    if add_files is not None:
+      add_files(staging)
+      integrity.write_manifest(staging)
     files.replace_dir(staging, output)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
@@ -159,7 +165,7 @@ def load_bundle(path: str, partitioner: Partitioner) -> Bundle:
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   values = []
   for key, leaf in leaves:
-    name = _name(key)
+    name = param_name(key)
     array = arrays.get(name)
     if array is None or array.shape != leaf.shape or array.dtype != leaf.dtype:
       found = "missing" if array is None else f"{array.dtype}{list(array.shape)}"
