@@ -56,8 +56,8 @@ class CheckedSource:
       info = self.source.dataset_info
       files = ", ".join(str(p) for p in info.splits[self.source.split].filepaths)
       raise CorruptDatasetError(
-          f"{files} is corrupt ({e}). Delete {info.data_dir} to rebuild the dataset"
-          " from its raw files.") from e
+          f"{files} could not be read ({e}): the built dataset is damaged. Delete"
+          f" {info.data_dir} to rebuild it from its raw files.") from e
 
 
 def load_sources(data_cfg, splits: Sequence[str]) -> dict[str, Sequence[dict]]:

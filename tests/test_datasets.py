@@ -196,7 +196,8 @@ def test_a_corrupt_built_file_is_named_with_the_fix(tmp_path, smoke_config):
   built.write_bytes(bytes(data))
 
   source = datasets.load_sources(config.data, ["validation"])["validation"]
-  fix = rf"{built.name}.* is corrupt .*Delete .*multi30k/en-fr/1.0.0 to rebuild"
+  fix = (rf"{built.name} could not be read .*hash mismatch.*damaged\. Delete"
+         r" .*multi30k/en-fr/1.0.0 to rebuild")
   with pytest.raises(datasets.CorruptDatasetError, match=fix):
     datasets.text_pairs(source, "en", "fr")
   with pytest.raises(datasets.CorruptDatasetError, match=fix):
