@@ -44,6 +44,9 @@ class CheckedSource:
   def __getitems__(self, indices):
     return self._read(self.source.__getitems__, indices)
 
+  def __iter__(self):  # Without it, `for` would index past the end (no IndexError).
+    return (self[i] for i in range(len(self)))
+
   def __getattr__(self, name):  # dataset_info, split, ...
     if name == "source" or name.startswith("__"):  # Unpickling: not set yet.
       raise AttributeError(name)
