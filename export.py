@@ -66,13 +66,14 @@ def main(argv):
                       "weights": info["weights"], "step": info["step"],
                       "parameters": info["card"]["model"]["parameters"]}))
     return
-  _, _, model = inference_flags.checkpoint_or_random("export.py")
+  config, _, model = inference_flags.checkpoint_or_random("export.py")
   vocab = (tokenizer_lib.load_from_workdir(workdir) if workdir
            else export.synthetic_vocabulary(flags.FLAGS.vocab_size))
   weights = _QUANTIZATION.value or "float32"
   card = (model_card.render(model_card.facts(
-      workdir, parameters=transformer.count_params(model.params), step=model.step,
-      weights=weights), f"CTranslate2, {weights} weights") if workdir else None)
+      workdir, config, parameters=transformer.count_params(model.params),
+      step=model.step, weights=weights), f"CTranslate2, {weights} weights")
+          if workdir else None)
   output = export.export_ctranslate2(model.graphdef, model.params, model.model_config,
                                      vocab, _OUTPUT.value,
                                      quantization=_QUANTIZATION.value, card=card)

@@ -5,7 +5,6 @@ state, the eval step); decoding from `models.decoding.jit_beam_search`, as
 `inference.decoder.Decoder` calls it, on abstract parameters in the serving dtype.
 """
 import dataclasses
-import math
 
 from flax import nnx
 import jax
@@ -88,9 +87,8 @@ def beam_search(config, vocab_size: int, partitioner: Partitioner, *, batch: int
   # Laid out and padded as `Decoder` does it before the search.
   params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         params, decoder_lib.serving_layout(partitioner, params))
-  batch = decoder_lib.padded_rows(partitioner, batch)
-  max_decode_len = min(model_cfg.max_len,
-                       math.ceil(settings.max_len_a * src_len + settings.max_len_b))
+  batch = decoder_lib.rows_for_shards(batch, partitioner.batch_shards())
+  max_decode_len = settings.cache_length(src_len, model_cfg.max_len)
   inputs = jax.ShapeDtypeStruct((batch, src_len), jnp.int32,
                                 sharding=partitioner.batch_sharding((batch, src_len)))
   search = decoding.jit_beam_search(partitioner)

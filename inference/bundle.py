@@ -58,13 +58,13 @@ def _flat(params) -> dict[str, np.ndarray]:
 
 def write_bundle(workdir: str, output: str, *, step: int | None = None,
                  checkpoint_dir: str | None = None, quantize: str | None = None,
-                 add_files: Callable[[str], None] | None = None) -> dict:
+                 add_files: Callable[[str, "Bundle"], None] | None = None) -> dict:
   """Writes the bundle of a workdir's checkpoint (default: its latest) to `output`.
 
   `quantize` ('int8', 'int8_weights'; models/quantization.py) stores the int8 layers
-  as int8. `add_files(staging)` may add files to the complete bundle before it is
-  swapped in (e.g. its compiled programs, inference/stablehlo.py). Returns
-  bundle.json's content.
+  as int8. `add_files(staging, bundle)` may add files made from the bundle, as it
+  would load, before it is swapped in (e.g. its compiled programs,
+  inference/stablehlo.py). Returns bundle.json's content.
   """
   if quantize not in WEIGHTS:
     raise ValueError(f"--quantize={quantize!r}: a bundle stores float32 or one of"
@@ -73,21 +73,23 @@ def write_bundle(workdir: str, output: str, *, step: int | None = None,
   export.check_output_dir(output)
   config = layout.read_config(workdir)
   tokenizer = tokenizer_lib.load_from_workdir(workdir)
+  stored_config = restore.model_config(workdir, config, tokenizer)
   partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]),
                             config.logical_axis_rules)
   model = restore.restore_params(workdir, partitioner, step=step,
                                  checkpoint_dir=checkpoint_dir, dtype="float32",
-                                 quantize=quantize)
+                                 quantize=quantize, stored_config=stored_config)
   weights = quantize or "float32"
+  settings = DecodeSettings.from_config(config.get("decode"))
   # The model's own count: int8 layers hold a scale per output channel besides.
   parameters = transformer.count_params(
-      partitioner.abstract_params(restore.model_config(workdir).make_model())[1])
+      partitioner.abstract_params(stored_config.make_model())[1])
   info = {
       "format_version": FORMAT_VERSION, "weights": weights, "step": model.step,
       "model": config.model.to_dict(), "vocab_size": tokenizer.vocab_size,
-      "decode": dataclasses.asdict(DecodeSettings.from_config(config.get("decode"))),
-      "card": model_card.facts(workdir, parameters=parameters, step=model.step,
-                               weights=weights),
+      "decode": dataclasses.asdict(settings),
+      "card": model_card.facts(workdir, config, parameters=parameters,
+                               step=model.step, weights=weights),
   }
   files.recover_dir(output)
   staging = files.staging_dir(output)
@@ -102,7 +104,8 @@ def write_bundle(workdir: str, output: str, *, step: int | None = None,
         info["card"], f"bundle, {weights} weights"))
     integrity.write_manifest(staging)
     if add_files is not None:
-      add_files(staging)
+      add_files(staging, Bundle(model=model, tokenizer=tokenizer, settings=settings,
+                                info=info))
       integrity.write_manifest(staging)
     files.replace_dir(staging, output)
   except BaseException:

@@ -45,6 +45,11 @@ class DecodeSettings:
         decode_cfg.to_dict() if hasattr(decode_cfg, "to_dict") else decode_cfg)
     return cls(**{**fields, **{k: v for k, v in overrides.items() if v is not None}})
 
+  def cache_length(self, src_len: int, max_len: int) -> int:
+    """Positions the search compiles for sources of `src_len` tokens: the output
+    limit ceil(a * src_len + b), at most the model's `max_len`."""
+    return min(max_len, math.ceil(self.max_len_a * src_len + self.max_len_b))
+
 
 def global_batch(partitioner: Partitioner, inputs: np.ndarray) -> jax.Array:
   """`inputs` [rows, ...] as a global array, rows over ('data', 'fsdp') as they divide.
@@ -62,12 +67,12 @@ def serving_layout(partitioner: Partitioner, params: nnx.State) -> nnx.State:
   return partitioner.replicated_over(params, "fsdp")
 
 
-def padded_rows(partitioner: Partitioner, rows: int) -> int:
-  """`rows` rounded up to split evenly over the mesh's batch shards: a batch that
-  does not is left whole on every chip while its [batch * beam] rows are split,
-  which reshards the search's state at every step."""
-  shards = partitioner.batch_shards()
-  return -(-rows // shards) * shards
+def rows_for_shards(rows: int, batch_shards: int) -> int:
+  """`rows` rounded up to split evenly over a mesh's batch shards
+  (`Partitioner.batch_shards`): a batch that does not is left whole on every chip
+  while its [batch * beam] rows are split, which reshards the search's state at
+  every step."""
+  return -(-rows // batch_shards) * batch_shards
 
 
 def _stop_at_live(rows: int, row_multiple: int = 1) -> int:
@@ -92,9 +97,9 @@ class Decoder:
   and the next runs on those only (padded to that half), so finished sentences
   stop costing steps. The hypotheses are those of the one-call search.
 
-  On a mesh, a batch is padded to split evenly over the batch shards (`padded_rows`)
-  and the parameters are read whole across 'fsdp' (`serving_layout`), so the loop
-  runs no collective for either.
+  On a mesh, a batch is padded to split evenly over the batch shards
+  (`rows_for_shards`) and the parameters are read whole across 'fsdp'
+  (`serving_layout`), so the loop runs no collective for either.
   """
 
   def __init__(self, partitioner: Partitioner, settings: DecodeSettings, *,
@@ -177,9 +182,8 @@ class Decoder:
       s = settings or self.settings
       nbest = nbest or self.nbest
       rows = inputs.shape[0]
-      max_decode_len = min(self.max_len, math.ceil(s.max_len_a * inputs.shape[1]
-                                                   + s.max_len_b))
-      padded = padded_rows(self.partitioner, rows)
+      max_decode_len = s.cache_length(inputs.shape[1], self.max_len)
+      padded = rows_for_shards(rows, self.row_multiple)
       if padded != rows:  # PAD rows: empty sources, cut off again below.
         inputs = np.concatenate([inputs, np.full(
             (padded - rows, inputs.shape[1]), tokenizer_lib.PAD_ID, inputs.dtype)])

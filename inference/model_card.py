@@ -8,8 +8,6 @@ import json
 
 from etils import epath
 
-from storage import layout
-
 CARD_FILE = "MODEL_CARD.md"
 
 
@@ -20,9 +18,13 @@ def _read_json(path: epath.Path):
     return None
 
 
-def facts(workdir: str, *, parameters: int, step: int | None, weights: str) -> dict:
-  """What the card says, as a dict (also stored in a bundle's bundle.json)."""
-  config = layout.read_config(workdir)
+def facts(workdir: str, config, *, parameters: int, step: int | None,
+          weights: str) -> dict:
+  """What the card says, as a dict (also stored in a bundle's bundle.json).
+
+  `config` is the workdir's (`layout.read_config`); run_info.json and results.json
+  are read from the workdir.
+  """
   info = _read_json(epath.Path(workdir) / "run_info.json") or {}
   results = _read_json(epath.Path(workdir) / "results.json") or []
   return {

@@ -19,13 +19,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from data import tokenizer as tokenizer_lib
 from inference import bundle as bundle_lib
 from models import decoding
-from parallel import mesh as mesh_lib
-from parallel.sharding import Partitioner
 
 DIRECTORY = "stablehlo"
 MANIFEST = "manifest.json"
@@ -60,8 +57,7 @@ def write_programs(staging: str, loaded: bundle_lib.Bundle, *,
   os.makedirs(os.path.join(staging, DIRECTORY), exist_ok=True)
   programs = []
   for rows, length in shapes:
-    max_decode_len = min(model_cfg.max_len, int(np.ceil(
-        settings.max_len_a * length + settings.max_len_b)))
+    max_decode_len = settings.cache_length(length, model_cfg.max_len)
     search = _program(loaded.model.graphdef, treedef, settings, max_decode_len)
     exported = jax.export.export(jax.jit(search), platforms=platforms)(
         spec, jax.ShapeDtypeStruct((rows, length), jnp.int32), scalar, scalar, scalar)
@@ -86,10 +82,8 @@ def export_stablehlo(workdir: str, output: str, *, step: int | None = None,
                      checkpoint_dir: str | None = None, quantize: str | None = None,
                      shapes=SHAPES, platforms=PLATFORMS) -> dict:
   """A bundle of the workdir's checkpoint with its compiled search; bundle.json."""
-  def add_programs(staging: str) -> None:
-    partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
-    write_programs(staging, bundle_lib.load_bundle(staging, partitioner),
-                   shapes=shapes, platforms=platforms)
+  def add_programs(staging: str, bundle: bundle_lib.Bundle) -> None:
+    write_programs(staging, bundle, shapes=shapes, platforms=platforms)
   return bundle_lib.write_bundle(workdir, output, step=step,
                                  checkpoint_dir=checkpoint_dir, quantize=quantize,
                                  add_files=add_programs)
