@@ -182,8 +182,8 @@ class Translator:
     if partitioner is None:
       partitioner = Partitioner(mesh_lib.create_mesh((-1, 1, 1)))
     loaded = bundle_lib.load_bundle(path, partitioner)
-    settings = dataclasses.replace(loaded.settings, **{
-        k: v for k, v in (decode_overrides or {}).items() if v is not None})
+    settings = DecodeSettings.from_config(loaded.info["decode"],
+                                          **(decode_overrides or {}))
     decoder = decoder_lib.Decoder(partitioner, settings,
                                   max_len=loaded.model.model_config.max_len,
                                   nbest=nbest)
