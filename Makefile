@@ -21,14 +21,15 @@ DISTILL_WORKDIR := $(if $(filter file,$(origin WORKDIR)),workdir/distill,$(WORKD
 # requirements/lock.txt pins every package, for Python 3.11 on Linux x86-64, at the
 # version all our numbers were measured with; setup installs through it as constraints,
 # so a clone installs the same versions a year from now. It covers the base install and
-# every extra (test, ctranslate2, tensorboard, gcs, tpu, cuda12, cuda-compile), so e.g.
+# every extra (test, ctranslate2, tensorboard, gcs, tpu, cuda12, cuda-compile, onnx), so
+# e.g.
 #   .venv/bin/pip install -c requirements/lock.txt -e '.[tpu]'
 # installs the pinned libtpu as well.
 LOCK := requirements/lock.txt
-LOCK_EXTRAS := test ctranslate2 tensorboard gcs tpu cuda12 cuda-compile
+LOCK_EXTRAS := test ctranslate2 tensorboard gcs tpu cuda12 cuda-compile onnx
 # `make lock` regenerates LOCK with uv's pip-compile (uv 0.13.9, installed into
 # build/lock-tool), i.e.
-#   uv pip compile setup.cfg --extra test ... --extra cuda-compile --python-version 3.11 \
+#   uv pip compile setup.cfg --extra test ... --extra onnx --python-version 3.11 \
 #       --python-platform x86_64-manylinux_2_31 -o requirements/lock.txt
 # Run it after changing the requirements in setup.cfg. uv keeps the versions already
 # pinned in LOCK where they still satisfy setup.cfg; UPGRADE=1 lets it move every pin to
