@@ -1,7 +1,8 @@
 """Post-training int8 quantization of a frozen Transformer, for inference only.
 
 Every dense layer (attention projections, MLP, the output projection, tied or not)
-gets int8 weights, symmetric, one scale per output channel, computed once at load.
+and every embedding table gets int8 weights, symmetric, one scale per output channel
+(per token for a table), computed once at load.
 Two ways to use them:
   int8          activations are quantized per row on the fly and the dots run
                 int8 x int8 -> int32; XLA:CPU hands those to a library int8 GEMM
@@ -9,7 +10,8 @@ Two ways to use them:
   int8_weights  weight-only: the int8 weights are converted in the dot's dtype and
                 the scale applied to the output; on GPU/TPU XLA fuses the convert
                 into the dot, so the weights stream at a quarter of the bytes.
-Attention scores, softmax, layer norms and embedding lookups stay in floating point.
+Attention scores, softmax and layer norms stay in floating point; an embedding lookup
+dequantizes the rows it reads.
 Training never sees any of this: `quantize` rewrites a restored model's modules.
 """
 import math
@@ -103,15 +105,15 @@ class Int8Linear(nnx.Module):
 
 
 class Int8Embed(nnx.Module):
-  """A frozen shared embedding: float lookups, an int8 [embed, vocab] output table.
+  """A frozen shared embedding as one int8 table [embed, vocab], a scale per token.
 
-  A lookup reads one row per token, so it stays in floating point; the logits
-  projection reads the whole table every decoder step, so it gets int8, laid out
-  [embed, vocab] once here rather than transposed per call.
+  The logits projection reads the whole table every decoder step, as an int8 dot,
+  so the table is laid out [embed, vocab] once here rather than transposed per call;
+  a lookup reads one column per token and dequantizes it. One table serves both,
+  as in the float model: no float copy is kept.
   """
 
   def __init__(self, embed: nnx.Embed, mode: str):
-    self.embedding = nnx.Param(embed.embedding[...])  # [vocab, embed], for lookups
     q, scale = quantize_weight(embed.embedding[...].T)
     self.output_kernel = QuantizedWeight(q)  # int8 [embed, vocab]
     self.output_scale = QuantizedWeight(scale)  # [vocab]
@@ -123,12 +125,29 @@ class Int8Embed(nnx.Module):
     return self.output_kernel[...], self.output_scale[...], None
 
   def __call__(self, tokens: Array) -> Array:
-    return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+    columns = jnp.take(self.output_kernel[...], tokens, axis=1)  # [embed, *tokens]
+    rows = jnp.moveaxis(columns, 0, -1).astype(jnp.float32)  # [*tokens, embed]
+    return (rows * self.output_scale[...][tokens][..., None]).astype(self.dtype)
 
   def attend(self, y: Array) -> Array:
     """[..., embed] -> float32 logits [..., vocab]."""
     return int8_dot(y, self.output_kernel[...], self.output_scale[...],
                     quantize_inputs=self.quantize_inputs)
+
+
+class Int8Lookup(nnx.Module):
+  """A frozen embedding used only for lookups (untied source or target table):
+  int8 [vocab, embed] with a scale per token, dequantized row by row."""
+
+  def __init__(self, embed: nnx.Embed):
+    q, scale = quantize_weight(embed.embedding[...].T)  # Scales per token.
+    self.table = QuantizedWeight(q.T)  # int8 [vocab, embed]
+    self.scale = QuantizedWeight(scale)  # [vocab]
+    self.dtype = embed.dtype or jnp.float32
+
+  def __call__(self, tokens: Array) -> Array:
+    rows = jnp.take(self.table[...], tokens, axis=0).astype(jnp.float32)
+    return (rows * self.scale[...][tokens][..., None]).astype(self.dtype)
 
 
 def _replace_modules(model: nnx.Module, mode: str) -> int:
@@ -139,9 +158,9 @@ def _replace_modules(model: nnx.Module, mode: str) -> int:
       continue
     if isinstance(module, (nnx.Linear, nnx.LinearGeneral)):
       swaps.append((path, Int8Linear(module, mode)))
-    elif isinstance(module, nnx.Embed) and path == ("embed",) and (
-        getattr(model, "logits_dense", True) is None):  # The tied output table.
-      swaps.append((path, Int8Embed(module, mode)))
+    elif isinstance(module, nnx.Embed):
+      tied = path == ("embed",) and getattr(model, "logits_dense", True) is None
+      swaps.append((path, Int8Embed(module, mode) if tied else Int8Lookup(module)))
   for path, new in swaps:
     parent = model
     for key in path[:-1]:
