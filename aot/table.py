@@ -73,15 +73,18 @@ SEARCH_HEADER = (
     " copies >= 1 MiB in loop | compile s |\n" + "|---" * 12 + "|")
 
 
-def main(paths: list[str]) -> None:
+def render(paths: list[str]) -> str:
+  """The training table and the beam-search table of the lines in `paths`."""
   lines = [json.loads(l) for p in paths for l in open(p, encoding="utf-8") if l.strip()]
   training = [training_row(l) for l in lines if l["program"] != "beam_search"]
   search = [search_row(l) for l in lines if l["program"] == "beam_search"]
+  parts = []
   if training:
-    print("\n".join([TRAINING_HEADER, *training]) + "\n")
+    parts.append("\n".join([TRAINING_HEADER, *training]))
   if search:
-    print("\n".join([SEARCH_HEADER, *search]))
+    parts.append("\n".join([SEARCH_HEADER, *search]))
+  return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  print(render(sys.argv[1:]))
