@@ -1,6 +1,8 @@
 """Translate, evaluate or score with a trained model, text files in and out.
 
   python infer.py --mode=translate --workdir=DIR --input=en.txt --output=fr.txt
+  python infer.py --mode=translate --workdir=DIR --input=en.txt --return_token_scores \
+      --no_repeat_ngram_size=3 --min_decoding_length=2   # docs/decoding.md
   python infer.py --mode=evaluate  --workdir=DIR --split=test_2016_flickr
   python infer.py --mode=evaluate  --workdir=DIR --input=src.en --reference=ref.fr
   python infer.py --mode=score     --workdir=DIR --input=en.txt --target=fr.txt
@@ -63,13 +65,14 @@ def _translate():
     raise app.UsageError(f"--buffer_size={_BUFFER_SIZE.value}: give 1 or more lines.")
   name = text_io.display_name(_INPUT.value)
   translator = _translator()
-  nbest = flags.FLAGS.nbest
+  nbest, token_scores = flags.FLAGS.nbest, flags.FLAGS.return_token_scores
   with (text_io.open_input(_INPUT.value) as lines,
         text_io.open_output(_OUTPUT.value) as out):
     for first_line, texts in text_io.read_chunks(lines, _BUFFER_SIZE.value, name):
       translations = translator.translate(texts, name=name, first_line=first_line,
                                           progress=_INPUT.value != text_io.STDIO)
-      out.write("".join(t.line(nbest) + "\n" for t in translations).encode("utf-8"))
+      out.write("".join(t.line(nbest, token_scores) + "\n"
+                        for t in translations).encode("utf-8"))
       out.flush()
 
 

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from inference import bundle
 from inference import compile_cache
 from inference import restore
+from inference import decoder as decoder_lib
 from inference.decoder import DecodeSettings
 from inference.translator import Translator
 from inference.translator import inference_partitioner
@@ -29,7 +30,9 @@ from parallel.sharding import Partitioner
 from storage import layout
 
 FLAGS = flags.FLAGS
-_DECODE_FIELDS = ("beam_size", "alpha", "max_len_a", "max_len_b")
+_DECODE_FIELDS = ("beam_size", "alpha", "max_len_a", "max_len_b",
+                  "min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
+                  "return_token_scores")
 
 
 def define_workdir() -> None:
@@ -66,7 +69,9 @@ def _define_finite_float(name: str, default: float, help_text: str) -> None:
 
 
 def define_decode(lengths: bool = True) -> None:
-  """--beam_size, --alpha and (with `lengths`) --max_len_a, --max_len_b."""
+  """--beam_size, --alpha and (with `lengths`) --max_len_a, --max_len_b and the
+  optional rules (--min_decoding_length, --max_decoding_length,
+  --no_repeat_ngram_size)."""
   defaults = DecodeSettings()
   flags.DEFINE_integer("beam_size", defaults.beam_size, "Beam width; 1 is greedy."
                        f" At most {limits.MAX_BEAM_SIZE}. Default: the run's"
@@ -79,6 +84,15 @@ def define_decode(lengths: bool = True) -> None:
       _define_finite_float(field, getattr(defaults, field), "Output limit"
                            " a * source_len + b tokens (not both 0). Default: the"
                            " run's config.decode.")
+    flags.DEFINE_integer("min_decoding_length", defaults.min_decoding_length,
+                         "Tokens an output has at least, EOS not counted (EOS is"
+                         " barred before; 0 allows empty outputs).", lower_bound=0)
+    flags.DEFINE_integer("max_decoding_length", None, "Tokens an output has at most,"
+                         " EOS included, whatever a * source_len + b says; default:"
+                         " no such cap.", lower_bound=1)
+    flags.DEFINE_integer("no_repeat_ngram_size", defaults.no_repeat_ngram_size,
+                         "No n-gram of this many tokens appears twice in an output"
+                         " (0: off).", lower_bound=0)
 
 
 def define_compilation_cache() -> None:
@@ -103,6 +117,9 @@ def define_translator(batch_tokens: bool = True) -> None:
   define_decode()
   flags.DEFINE_integer("nbest", 1, "Hypotheses per line, at most --beam_size; > 1"
                        " writes hyp<TAB>score pairs on the line.", lower_bound=1)
+  flags.DEFINE_boolean("return_token_scores", False, "Write each hypothesis as"
+                       " hyp<TAB>score<TAB>token log-probabilities (space-separated,"
+                       " EOS's last when the output ends with it).")
   if batch_tokens:
     flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.",
                          lower_bound=1)
@@ -139,6 +156,7 @@ def decode_settings(config) -> DecodeSettings:
       None if config is None else config.get("decode"), **decode_overrides())
   problems = limits.decode_problems(settings.beam_size, settings.alpha,
                                     settings.max_len_a, settings.max_len_b)
+  problems += decoder_lib.setting_problems(settings)
   if problems:
     given = decode_overrides()
 

@@ -23,8 +23,9 @@ from parallel.sharding import Partitioner
 MIN_ROWS_TO_COMPACT = 4
 
 # decode(inputs [batch, src_len] int32) -> (tokens [batch, nbest, out_len],
-#                                           scores [batch, nbest])
-DecodeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#                                           scores [batch, nbest]), followed by
+# token_scores [batch, nbest, out_len] when the settings ask for them.
+DecodeFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,11 @@ class DecodeSettings:
   alpha: float = 0.6  # GNMT length penalty exponent.
   max_len_a: float = 1.5  # Output limit a * source_len + b tokens, EOS included.
   max_len_b: float = 10.0
+  # Optional rules, off by default (then the search is the program it always was).
+  min_decoding_length: int = 1  # EOS barred before this many tokens (0: may be empty).
+  max_decoding_length: int | None = None  # Caps a * source_len + b (None: no cap).
+  no_repeat_ngram_size: int = 0  # No n-gram of this size twice in an output (0: off).
+  return_token_scores: bool = False  # Each hypothesis's per-token log-probabilities.
 
   @classmethod
   def from_config(cls, decode_cfg: Any | None, **overrides) -> "DecodeSettings":
@@ -49,6 +55,44 @@ class DecodeSettings:
     """Positions the search compiles for sources of `src_len` tokens: the output
     limit ceil(a * src_len + b), at most the model's `max_len`."""
     return min(max_len, math.ceil(self.max_len_a * src_len + self.max_len_b))
+
+  def search_options(self) -> dict:
+    """The optional rules as `decoding.beam_search` / `begin_search` keywords.
+
+    Rules that are off are left out, so the search traces as it does without them;
+    the traced ones are passed as int32 arrays: new values do not recompile.
+    """
+    options = {}
+    if self.min_decoding_length != 1:
+      options["min_decoding_length"] = np.int32(self.min_decoding_length)
+    if self.max_decoding_length is not None:
+      options["max_decoding_length"] = np.int32(self.max_decoding_length)
+    if self.no_repeat_ngram_size:
+      options["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+    if self.return_token_scores:
+      options["return_token_scores"] = True
+    return options
+
+
+def setting_problems(s: DecodeSettings) -> list[tuple[str, str]]:
+  """(field, allowed values) of each optional rule of `s` that cannot decode."""
+  def count(value, low) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+  problems = []
+  if not count(s.min_decoding_length, 0):
+    problems.append(("min_decoding_length", "an integer >= 0 (1: no empty output)"))
+  if s.max_decoding_length is not None and not count(s.max_decoding_length, 1):
+    problems.append(("max_decoding_length", "an integer >= 1, or unset (no cap)"))
+  elif (s.max_decoding_length is not None and count(s.min_decoding_length, 0)
+        and s.min_decoding_length > s.max_decoding_length):
+    problems.append(("min_decoding_length", f"<= max_decoding_length"
+                     f" ({s.max_decoding_length})"))
+  if not count(s.no_repeat_ngram_size, 0):
+    problems.append(("no_repeat_ngram_size", "an integer >= 0 (0: off)"))
+  if not isinstance(s.return_token_scores, bool):
+    problems.append(("return_token_scores", "true or false"))
+  return problems
 
 
 def global_batch(partitioner: Partitioner, inputs: np.ndarray) -> jax.Array:
@@ -83,6 +127,15 @@ def _stop_at_live(rows: int, row_multiple: int = 1) -> int:
   return target if target % row_multiple == 0 else 0
 
 
+_BEGIN_STATIC = ("beam_size", "max_decode_len", "no_repeat_ngram_size",
+                 "return_token_scores")
+
+
+def _outputs(s: DecodeSettings) -> tuple[str, ...]:
+  """The `Decoded` fields a decode call returns, in order."""
+  return ("tokens", "scores") + (("token_scores",) if s.return_token_scores else ())
+
+
 class Decoder:
   """The jitted beam search over a partitioner's mesh, compiled once per shape.
 
@@ -112,21 +165,24 @@ class Decoder:
     self.row_multiple = partitioner.batch_shards()
     self._search = decoding.jit_beam_search(partitioner)
     self._begin = partitioner.jit(decoding.begin_search, static_argnums=0,
-                                  static_argnames=("beam_size", "max_decode_len"))
+                                  static_argnames=_BEGIN_STATIC)
     self._continue = partitioner.jit(decoding.continue_search, static_argnums=0,
                                      static_argnames=("eos_id", "nbest"),
                                      donate_argnames=("segment",))
     self._take = partitioner.jit(decoding.take_sentences)
 
   def _segmented(self, graphdef, params, inputs: np.ndarray, s: DecodeSettings,
-                 max_decode_len: int, nbest: int) -> tuple[np.ndarray, np.ndarray]:
+                 max_decode_len: int, nbest: int) -> tuple[np.ndarray, ...]:
     """The search of `inputs` in segments, dropping done sentences between them."""
     rows = inputs.shape[0]
-    tokens = np.full((rows, nbest, max_decode_len), tokenizer_lib.PAD_ID, np.int32)
-    scores = np.full((rows, nbest), -np.inf, np.float32)
+    found = {"tokens": np.full((rows, nbest, max_decode_len), tokenizer_lib.PAD_ID,
+                               np.int32),
+             "scores": np.full((rows, nbest), -np.inf, np.float32),
+             "token_scores": np.zeros((rows, nbest, max_decode_len), np.float32)}
     segment = self._begin(graphdef, params, global_batch(self.partitioner, inputs),
                           float(s.max_len_a), float(s.max_len_b),
-                          beam_size=s.beam_size, max_decode_len=max_decode_len)
+                          beam_size=s.beam_size, max_decode_len=max_decode_len,
+                          **s.search_options())
     origin = np.arange(rows)  # The input row of each row of the segment; -1: padding.
     while True:
       n = len(origin)
@@ -137,12 +193,12 @@ class Decoder:
       live = np.asarray(live)
       done = np.flatnonzero(~live & (origin >= 0))
       if done.size:
-        tokens[origin[done]] = np.asarray(out.tokens)[done]
-        scores[origin[done]] = np.asarray(out.scores)[done]
+        for name in _outputs(s):
+          found[name][origin[done]] = np.asarray(getattr(out, name))[done]
         origin[done] = -1
       keep = np.flatnonzero(live)
       if not keep.size:
-        return tokens, scores
+        return tuple(found[name] for name in _outputs(s))
       # Half the rows, whatever fewer are live: a next segment with fewer live
       # sentences than its half stops before its first step, so one gather per
       # halving is all there is to compile. Padding rows repeat a done sentence:
@@ -160,7 +216,8 @@ class Decoder:
     whichever sentences finish when: a server compiles them all before it is ready."""
     segment = self._begin(graphdef, params, global_batch(self.partitioner, inputs),
                           float(s.max_len_a), float(s.max_len_b),
-                          beam_size=s.beam_size, max_decode_len=max_decode_len)
+                          beam_size=s.beam_size, max_decode_len=max_decode_len,
+                          **s.search_options())
     n = inputs.shape[0]
     while True:
       target = _stop_at_live(n, self.row_multiple)
@@ -173,12 +230,13 @@ class Decoder:
 
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
     """decode(inputs, settings=None, nbest=None, warmup=False); None: the Decoder's
-    own. `warmup` also compiles what a batch of this shape may need later."""
+    own. `warmup` also compiles what a batch of this shape may need later. Returns
+    (tokens, scores), and token_scores after them if the settings ask for them."""
     params = jax.device_put(params, serving_layout(self.partitioner, params))
 
     def decode(inputs: np.ndarray, settings: DecodeSettings | None = None,
                nbest: int | None = None, warmup: bool = False
-               ) -> tuple[np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, ...]:
       s = settings or self.settings
       nbest = nbest or self.nbest
       rows = inputs.shape[0]
@@ -191,14 +249,15 @@ class Decoder:
           and jax.process_count() == 1):
         if warmup:
           self._warm_segments(graphdef, params, inputs, s, max_decode_len, nbest)
-        tokens, scores = self._segmented(graphdef, params, inputs, s, max_decode_len,
-                                         nbest)
-        return tokens[:rows], scores[:rows]
+        found = self._segmented(graphdef, params, inputs, s, max_decode_len, nbest)
+        return tuple(x[:rows] for x in found)
       out = self._search(graphdef, params, global_batch(self.partitioner, inputs),
                          float(s.alpha), float(s.max_len_a), float(s.max_len_b),
                          eos_id=tokenizer_lib.EOS_ID, beam_size=s.beam_size,
-                         max_decode_len=max_decode_len, nbest=nbest)
+                         max_decode_len=max_decode_len, nbest=nbest,
+                         **s.search_options())
       # Every process gets back all rows (multi-host).
-      return (multihost_utils.process_allgather(out.tokens, tiled=True)[:rows],
-              multihost_utils.process_allgather(out.scores, tiled=True)[:rows])
+      return tuple(multihost_utils.process_allgather(getattr(out, name),
+                                                     tiled=True)[:rows]
+                   for name in _outputs(s))
     return decode

@@ -91,3 +91,12 @@ def number(body: dict, field: str, kind: type, limit: float) -> int | float | No
     raise ClientError(400, "invalid_field", f'"{field}" {str(value)[:40]} is over'
                       f" the limit of {limit}.")
   return kind(value)
+
+
+def boolean(body: dict, field: str) -> bool | None:
+  """body[field] as a JSON true/false, or None when absent."""
+  value = body.get(field)
+  if value is None or isinstance(value, bool):
+    return value
+  raise ClientError(400, "invalid_field", f'"{field}" must be true or false,'
+                    f" not {json.dumps(value)[:40]}.")

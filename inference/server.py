@@ -1,7 +1,10 @@
 """HTTP translation server: aiohttp in front of a Translator, with dynamic batching.
 
-  POST /v1/translate {"text": [...], "beam_size"?, "alpha"?, "nbest"?}
-       -> {"translations": [{"text", "score", "tokens", "truncated", "nbest"?}, ...]}
+  POST /v1/translate {"text": [...], "beam_size"?, "alpha"?, "nbest"?,
+                      "min_decoding_length"?, "max_decoding_length"?,
+                      "no_repeat_ngram_size"?, "return_token_scores"?}
+       -> {"translations": [{"text", "score", "tokens", "truncated", "nbest"?,
+                             "token_scores"?}, ...]}
   POST /v1/score     {"source": [...], "target": [...]}
        -> {"scores": [{"score", "tokens", "token_scores", "truncated"}, ...]}
   GET  /v1/models    the model served: name, step, parameters, decode defaults, limits
@@ -73,11 +76,19 @@ def _finite(x: float | None) -> float | None:
   return x if x is not None and math.isfinite(x) else None
 
 
-def _translation_json(t: Translation, nbest: int) -> dict:
-  out = {"text": t.text, "score": _finite(t.score), "tokens": list(t.ids),
-         "truncated": t.truncated}
+def _translation_json(t: Translation, nbest: int, token_scores: bool = False) -> dict:
+  """A translation's JSON; `token_scores` adds each hypothesis's per-token
+  log-probabilities (EOS's last when it ends with one)."""
+  def hypothesis(text, score, ids, scores) -> dict:
+    out = {"text": text, "score": _finite(score), "tokens": list(ids)}
+    if token_scores:
+      out["token_scores"] = list(scores)
+    return out
+
+  best = t.nbest[0].token_scores if t.nbest else ()
+  out = {**hypothesis(t.text, t.score, t.ids, best), "truncated": t.truncated}
   if nbest > 1:
-    out["nbest"] = [{"text": h.text, "score": _finite(h.score), "tokens": list(h.ids)}
+    out["nbest"] = [hypothesis(h.text, h.score, h.ids, h.token_scores)
                     for h in t.nbest]
   return out
 
@@ -145,7 +156,10 @@ class _State:
     return {"id": self.config.model_name, "object": "model", "step": t.step,
             "parameters": sum(x.size for x in jax.tree.leaves(t.params)),
             "max_source_len": t.max_len,
-            "decode": {**dataclasses.asdict(t.settings), "nbest": t.decoder.nbest},
+            "decode": {**{k: v for k, v in dataclasses.asdict(t.settings).items()
+                          if k not in _RULES}, "nbest": t.decoder.nbest},
+            # The optional rules a request may set, and their defaults here.
+            "rules": {k: getattr(t.settings, k) for k in _RULES},
             "limits": {"max_beam_size": self.config.max_beam_size,
                        "max_alpha": self.config.max_alpha,
                        "max_request_sentences": self.config.max_request_sentences,
@@ -175,19 +189,26 @@ class _State:
 
 
 _STATE = web.AppKey("state", _State)
+# The optional decode settings a translate request may set (DecodeSettings fields).
+_RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
+          "return_token_scores")
 
 
 async def _translate(request: web.Request) -> web.Response:
   state: _State = request.app[_STATE]
   config = state.config
-  body = await request_parsing.json_body(request,
-                                         {"text", "beam_size", "alpha", "nbest"})
+  body = await request_parsing.json_body(request, {"text", "beam_size", "alpha",
+                                                   "nbest", *_RULES})
   texts = request_parsing.texts(body, "text", config.max_request_sentences)
   beam = request_parsing.number(body, "beam_size", int, config.max_beam_size)
+  longest = state.translator.decoder.max_len  # No output is longer.
+  rules = {field: request_parsing.number(body, field, int, longest)
+           for field in _RULES if field != "return_token_scores"}
+  rules["return_token_scores"] = request_parsing.boolean(body, "return_token_scores")
   try:
     settings, nbest = state.translator.options(
         beam, request_parsing.number(body, "alpha", float, config.max_alpha),
-        request_parsing.number(body, "nbest", int, config.max_beam_size))
+        request_parsing.number(body, "nbest", int, config.max_beam_size), **rules)
   except ValueError as e:
     raise ClientError(400, "invalid_field", str(e)) from None
   sources = state.translator.tokenize(texts)
@@ -197,8 +218,8 @@ async def _translate(request: web.Request) -> web.Response:
   translations = [Translation([])] * len(sources)
   for source, result in zip(todo, results):
     translations[source.line - 1] = result
-  return web.json_response({"translations": [_translation_json(t, nbest)
-                                             for t in translations]})
+  return web.json_response({"translations": [
+      _translation_json(t, nbest, settings.return_token_scores) for t in translations]})
 
 
 async def _score_handler(request: web.Request) -> web.Response:

@@ -5,7 +5,8 @@
   translator.score(["A dog runs."], ["Un chien court."])[0].score
 
 Decode settings default to the run's `config.decode`; a call may override beam size,
-alpha and n-best. Programs are compiled once per (rows, bucket, beam, nbest) and
+alpha, n-best and the optional rules (`DecodeSettings`: length limits, repeated
+n-grams, per-token scores). Programs are compiled once per (rows, bucket, beam, nbest) and
 reused: alpha is traced, so a new alpha does not recompile. `translate_batch` and
 `score_batch` run one prepared batch, for callers that form their own batches (the
 server); `warmup` compiles every shape such a caller can form. Results are
@@ -43,6 +44,10 @@ class Hypothesis:
   text: str
   score: float  # Sum of log-probabilities over the length penalty.
   ids: tuple[int, ...] = ()  # Target token ids, EOS and padding left out.
+  # Log-probability of each token, EOS included when the hypothesis ends with it
+  # (len(ids) + 1 entries; len(ids) when cut at the length limit); their sum over
+  # the length penalty of their count is `score`. Empty unless asked for.
+  token_scores: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +72,20 @@ class Translation:
   def ids(self) -> tuple[int, ...]:
     return self.nbest[0].ids if self.nbest else ()
 
-  def line(self, nbest: int = 1) -> str:
-    """The output line: the best text, or `hyp1<TAB>score1<TAB>hyp2...` (nbest > 1)."""
-    if nbest == 1:
+  def line(self, nbest: int = 1, token_scores: bool = False) -> str:
+    """The output line: the best text, or `hyp1<TAB>score1<TAB>hyp2...` (nbest > 1).
+
+    With `token_scores` every hypothesis is `hyp<TAB>score<TAB>token scores`
+    (space-separated), also for nbest 1.
+    """
+    if nbest == 1 and not token_scores:
       return self.text
-    return "\t".join(f"{h.text}\t{h.score:.4f}" for h in self.nbest)
+
+    def fields(h: Hypothesis) -> str:
+      extra = ("\t" + " ".join(f"{x:.4f}" for x in h.token_scores)
+               if token_scores else "")
+      return f"{h.text}\t{h.score:.4f}{extra}"
+    return "\t".join(fields(h) for h in self.nbest[:nbest])
 
 
 def _ids(row: np.ndarray) -> tuple[int, ...]:
@@ -82,14 +96,24 @@ def _ids(row: np.ndarray) -> tuple[int, ...]:
   return tuple(i for i in ids if i != tokenizer_lib.PAD_ID)
 
 
-def hypotheses(tokens: np.ndarray, scores: np.ndarray, tokenizer, count: int
-               ) -> list[list[Hypothesis]]:
+def _token_scores(row: np.ndarray, values: np.ndarray | None) -> tuple[float, ...]:
+  """The per-token log-probabilities of a decoded row, up to its length."""
+  if values is None:
+    return ()
+  return tuple(float(x) for x in values[:int((row != tokenizer_lib.PAD_ID).sum())])
+
+
+def hypotheses(tokens: np.ndarray, scores: np.ndarray, tokenizer, count: int,
+               token_scores: np.ndarray | None = None) -> list[list[Hypothesis]]:
   """The n-best lists of the first `count` rows of a decoded batch.
 
-  tokens [rows, nbest, out_len], scores [rows, nbest]; texts hold no line breakers.
+  tokens [rows, nbest, out_len], scores [rows, nbest], token_scores (optional)
+  [rows, nbest, out_len]; texts hold no line breakers.
   """
   return [[Hypothesis(text_io.one_line(tokenizer.decode(tokens[r, k])),
-                      float(scores[r, k]), _ids(tokens[r, k]))
+                      float(scores[r, k]), _ids(tokens[r, k]),
+                      _token_scores(tokens[r, k], None if token_scores is None
+                                    else token_scores[r, k]))
            for k in range(tokens.shape[1])] for r in range(count)]
 
 
@@ -113,6 +137,11 @@ def _check_limits(max_len, batch_tokens) -> None:
 def inference_partitioner(config) -> Partitioner:
   """Every local device on the batch axis, laid out by the run's logical-axis rules."""
   return Partitioner(mesh_lib.create_mesh((-1, 1, 1)), config.logical_axis_rules)
+
+
+# The optional decode settings a call may set (DecodeSettings fields).
+_RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
+          "return_token_scores")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,15 +234,20 @@ class Translator:
     return scoring.Scorer(self.decoder.partitioner).bind(self.graphdef, self.params)
 
   def options(self, beam_size: int | None = None, alpha: float | None = None,
-              nbest: int | None = None) -> tuple[DecodeSettings, int]:
+              nbest: int | None = None, **rules) -> tuple[DecodeSettings, int]:
     """(settings, nbest) of one call: the defaults with the given values replacing them.
 
-    Raises ValueError if they are out of range (beam_size >= 1, 1 <= nbest <=
-    beam_size, finite alpha >= 0).
+    `rules` are the optional DecodeSettings fields (min_decoding_length,
+    max_decoding_length, no_repeat_ngram_size, return_token_scores); None keeps the
+    default. Raises ValueError if a value is out of range (beam_size >= 1, 1 <=
+    nbest <= beam_size, finite alpha >= 0, `decoder.setting_problems`).
     """
+    if unknown := set(rules) - set(_RULES):
+      raise TypeError(f"Unknown decode options {sorted(unknown)}; expected some of"
+                      f" {list(_RULES)}.")
+    given = {"beam_size": beam_size, "alpha": alpha, **rules}
     settings = dataclasses.replace(
-        self.settings, **{k: v for k, v in (("beam_size", beam_size), ("alpha", alpha))
-                          if v is not None})
+        self.settings, **{k: v for k, v in given.items() if v is not None})
     nbest = self.decoder.nbest if nbest is None else nbest
     if settings.beam_size < 1:
       raise ValueError(f"beam_size={settings.beam_size}: give 1 (greedy) or more.")
@@ -222,19 +256,24 @@ class Translator:
                        f"{settings.beam_size}.")
     if not (math.isfinite(settings.alpha) and settings.alpha >= 0):
       raise ValueError(f"alpha={settings.alpha} must be a finite number >= 0.")
+    if problems := decoder_lib.setting_problems(settings):
+      raise ValueError("; ".join(f"{field}={getattr(settings, field)!r} must be {rule}"
+                                 for field, rule in problems) + ".")
     return dataclasses.replace(settings, alpha=float(settings.alpha)), nbest
 
   def translate(self, texts: Sequence[str], *, beam_size: int | None = None,
                 alpha: float | None = None, nbest: int | None = None,
-                name: str = "<input>", first_line: int = 1, progress: bool = False
-                ) -> list[Translation]:
+                name: str = "<input>", first_line: int = 1, progress: bool = False,
+                **rules) -> list[Translation]:
     """One Translation (text, ids, score, n-best list) per text, in order.
 
-    `name` labels warnings (file:line); `first_line` numbers `texts[0]` in `name`
-    when translating a file in chunks.
+    `rules`: the optional decode settings, as `options` takes them (e.g.
+    no_repeat_ngram_size=3, return_token_scores=True). `name` labels warnings
+    (file:line); `first_line` numbers `texts[0]` in `name` when translating a file
+    in chunks.
     """
     _check_sentences(texts=texts)
-    settings, nbest = self.options(beam_size, alpha, nbest)
+    settings, nbest = self.options(beam_size, alpha, nbest, **rules)
     sources = bucketing.tokenize(texts, self.tokenizer, self.max_len, name, first_line)
     outputs = [Translation([]) for _ in sources]  # Empty lines stay so.
     work = list(bucketing.batches(sources, self.batch_tokens))
@@ -263,9 +302,11 @@ class Translator:
   def _translations(self, sources: Sequence[Source], inputs: np.ndarray,
                     settings: DecodeSettings, nbest: int) -> list[Translation]:
     """Decodes `inputs`, the padded batch of `sources`; one Translation per source."""
-    tokens, scores = self._decode(inputs, settings=settings, nbest=nbest)
+    tokens, scores, *extra = self._decode(inputs, settings=settings, nbest=nbest)
+    token_scores = extra[0] if extra else None
     return [Translation(h, s.truncated) for s, h in zip(
-        sources, hypotheses(tokens, scores, self.tokenizer, len(sources)))]
+        sources, hypotheses(tokens, scores, self.tokenizer, len(sources),
+                            token_scores))]
 
   # One prepared batch at a time, for callers that form their own batches.
 

@@ -24,27 +24,44 @@ import jax.numpy as jnp
 from models import search
 from models.decode_state import CrossKV
 from models.search import Decoded
+from models.search_rules import SearchOptions
 from parallel.sharding import Partitioner
 
 Array = jax.Array
 
 
 def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
-                max_decode_len: int, pad_id: int) -> Array:
+                max_decode_len: int, pad_id: int, max_decoding_length: Array | None = None
+                ) -> Array:
   """[batch] int32 per-sentence max output length, EOS included: a * src_len + b.
 
   src_len counts non-pad source tokens, so padding does not change it; the result is
-  clipped to [1, max_decode_len].
+  at most `max_decoding_length` (traced; None: no such cap) and clipped to
+  [1, max_decode_len].
   """
   src_len = jnp.sum(inputs != pad_id, axis=-1).astype(jnp.float32)  # [batch]
   limit = jnp.floor(max_len_a * src_len + max_len_b)
+  if max_decoding_length is not None:
+    limit = jnp.minimum(limit, jnp.asarray(max_decoding_length, jnp.float32))
   return jnp.clip(limit, 1, max_decode_len).astype(jnp.int32)
+
+
+def search_options(min_decoding_length: int | Array | None, no_repeat_ngram_size: int,
+                   return_token_scores: bool) -> SearchOptions:
+  """The search's optional rules from the decode arguments (None/0/False: off)."""
+  min_len = (None if min_decoding_length is None
+             else jnp.asarray(min_decoding_length, jnp.int32))
+  return SearchOptions(min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
+                       token_scores=return_token_scores)
 
 
 def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                 alpha: float | Array, max_len_a: float | Array,
                 max_len_b: float | Array, *, eos_id: int, beam_size: int,
-                max_decode_len: int, nbest: int = 1, forced_len: int | None = None
+                max_decode_len: int, nbest: int = 1, forced_len: int | None = None,
+                min_decoding_length: int | Array | None = None,
+                max_decoding_length: int | Array | None = None,
+                no_repeat_ngram_size: int = 0, return_token_scores: bool = False
                 ) -> Decoded:
   """Translates source rows inputs [batch, src_len] (0-padded) into n-best lists.
 
@@ -54,6 +71,11 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   and `forced_len` are static. `forced_len` is benchmark mode: EOS is suppressed and
   every hypothesis runs to exactly `forced_len` tokens (`max_len_a/b` are ignored),
   so decoders can be compared on identical work.
+  Optional rules, all off by default (and then traced not at all):
+  `min_decoding_length` (traced; None: 1) bars EOS before that many tokens;
+  `max_decoding_length` (traced) caps a * src_len + b; `no_repeat_ngram_size`
+  (static) bars repeated n-grams; `return_token_scores` (static) fills
+  `Decoded.token_scores`.
   Compile it with `Partitioner.jit` (see `jit_beam_search`) so that it traces under
   the run's mesh and rules; `beam_search_jit` is the same without a mesh.
   """
@@ -69,7 +91,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   if forced_len is None:
     max_len = max_lengths(inputs, jnp.asarray(max_len_a, jnp.float32),
                           jnp.asarray(max_len_b, jnp.float32), max_decode_len,
-                          model.cfg.pad_id)
+                          model.cfg.pad_id, max_decoding_length)
   else:
     max_len = jnp.full((batch,), forced_len, jnp.int32)
   cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, heads, src, kv]
@@ -85,10 +107,13 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
       max_decode_len=max_decode_len,
       num_steps=max_decode_len if forced_len is None else forced_len,
       eos_id=eos_id, pad_id=model.cfg.pad_id, nbest=nbest,
-      suppress_eos=forced_len is not None)
+      suppress_eos=forced_len is not None,
+      options=search_options(min_decoding_length, no_repeat_ngram_size,
+                             return_token_scores))
 
 
-_STATIC = ("eos_id", "beam_size", "max_decode_len", "nbest", "forced_len")
+_STATIC = ("eos_id", "beam_size", "max_decode_len", "nbest", "forced_len",
+           "no_repeat_ngram_size", "return_token_scores")
 
 
 # A search in segments: `begin_search`, then `continue_search` until nothing is live,
@@ -104,21 +129,32 @@ class Segment:
   cross_kv: CrossKV
   src_mask: Array  # [batch, src_len] bool
   max_len: Array  # [batch] int32 output limit, EOS included
+  options: SearchOptions = SearchOptions()  # The optional rules (`beam_search`'s).
 
 
 def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                  max_len_a: float | Array, max_len_b: float | Array, *,
-                 beam_size: int, max_decode_len: int) -> Segment:
-  """Encodes inputs [batch, src_len] and sets up the search; no step runs yet."""
+                 beam_size: int, max_decode_len: int,
+                 min_decoding_length: int | Array | None = None,
+                 max_decoding_length: int | Array | None = None,
+                 no_repeat_ngram_size: int = 0, return_token_scores: bool = False
+                 ) -> Segment:
+  """Encodes inputs [batch, src_len] and sets up the search; no step runs yet.
+
+  The optional rules are `beam_search`'s."""
   model = nnx.merge(graphdef, params)
   batch, pad_id = inputs.shape[0], model.cfg.pad_id
   max_len = max_lengths(inputs, jnp.asarray(max_len_a, jnp.float32),
-                        jnp.asarray(max_len_b, jnp.float32), max_decode_len, pad_id)
+                        jnp.asarray(max_len_b, jnp.float32), max_decode_len, pad_id,
+                        max_decoding_length)
+  options = search_options(min_decoding_length, no_repeat_ngram_size,
+                           return_token_scores)
   state = search.init_state(model.init_cache(batch, max_decode_len, beam_size),
                             batch=batch, beam_size=beam_size,
-                            max_decode_len=max_decode_len, pad_id=pad_id)
+                            max_decode_len=max_decode_len, pad_id=pad_id,
+                            token_scores=return_token_scores)
   return Segment(state=state, cross_kv=model.precompute_cross_kv(model.encode(inputs)),
-                 src_mask=inputs != pad_id, max_len=max_len)
+                 src_mask=inputs != pad_id, max_len=max_len, options=options)
 
 
 def continue_search(graphdef: nnx.GraphDef, params: nnx.State, segment: Segment,
@@ -136,7 +172,8 @@ def continue_search(graphdef: nnx.GraphDef, params: nnx.State, segment: Segment,
 
   state = search.run(step_fn, state, segment.max_len, jnp.asarray(alpha, jnp.float32),
                      num_steps=state.alive_seqs.shape[2], eos_id=eos_id,
-                     pad_id=model.cfg.pad_id, stop_at_live=stop_at_live)
+                     pad_id=model.cfg.pad_id, stop_at_live=stop_at_live,
+                     options=segment.options)
   return (segment.replace(state=state), search.result(state, nbest, model.cfg.pad_id),
           search.live_sentences(state))
 

@@ -9,8 +9,9 @@ tests do) plugs in.
 
 Search rules, per sentence:
 - Each step expands every live hypothesis by every token except pad (and EOS at
-  the first step: no translation is empty, CTranslate2's min_decoding_length=1)
-  and keeps the `beam_size` best candidates by log-probability. Candidates ending
+  the first step: no translation is empty, CTranslate2's min_decoding_length=1;
+  `SearchOptions.min_len` moves that bar) and keeps the `beam_size` best
+  candidates by log-probability. Candidates ending
   in EOS, or reaching the sentence's max length, move to the finished set (the
   `beam_size` best by length-normalised score); the others stay live. So beam 1 is
   exactly greedy search, whatever `alpha` is.
@@ -20,6 +21,10 @@ Search rules, per sentence:
 - The sentence stops once its finished set is full and no live hypothesis can beat
   the worst finished one (`live_score_bound`), or when nothing is live. Its state is
   then frozen, so the result does not depend on how long its batch mates run.
+
+Optional rules (models/search_rules.py, `SearchOptions`) bar EOS for longer, bar
+tokens that repeat an n-gram, or keep per-token log-probabilities; each is traced
+only when it is on.
 """
 from collections.abc import Callable
 import math
@@ -30,6 +35,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from models.search_rules import SearchOptions, eos_barred, repeated_ngram_mask
 from parallel.sharding import logical_to_spec, with_logical_constraint
 
 Array = jax.Array
@@ -48,6 +54,9 @@ class Decoded(NamedTuple):
   scores: Array  # [batch, nbest] float32 length-normalised; -inf for missing ones
   lengths: Array  # [batch, nbest] int32 tokens including EOS (0 for missing ones)
   steps: Array  # [] int32 decoder steps the loop ran (early stopping shows here)
+  # [batch, nbest, max_decode_len] float32 log-probability of each token (0 after
+  # the hypothesis); only with SearchOptions.token_scores.
+  token_scores: Array | None = None
 
 
 @flax.struct.dataclass
@@ -60,6 +69,10 @@ class BeamState:
   finished_scores: Array  # [batch, beam] float32, sorted best first
   finished_lens: Array  # [batch, beam] int32
   cache: Cache  # the step function's state, rows [batch * beam]
+  # [batch, beam, max_decode_len] float32 per-token log-probabilities of the live
+  # and the finished hypotheses; None unless SearchOptions.token_scores.
+  alive_token_logp: Array | None = None
+  finished_token_logp: Array | None = None
 
 
 def length_penalty(length: Array, alpha: Array) -> Array:
@@ -174,7 +187,8 @@ def reorder_cache(cache: Cache, parent: Array) -> Cache:
 
 
 def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
-          eos_id: int, pad_id: int, suppress_eos: bool) -> BeamState:
+          eos_id: int, pad_id: int, suppress_eos: bool,
+          options: SearchOptions = SearchOptions()) -> BeamState:
   """One model step for every live hypothesis, then the beam bookkeeping."""
   batch, beam = state.alive_seqs.shape[:2]
   t = state.step
@@ -183,23 +197,34 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
                                   keepdims=False)  # [batch, beam]
   prev = jnp.where(t == 0, pad_id, prev)
   logits, cache = step_fn(prev.reshape(-1), t, state.cache)  # [batch * beam, vocab]
+  logits = logits.reshape(batch, beam, -1)
+  barred = None
+  if options.no_repeat_ngram_size:
+    barred = repeated_ngram_mask(state.alive_seqs, t, options.no_repeat_ngram_size,
+                                 logits.shape[-1])  # [batch, beam, vocab]
   # Named scopes label the ops in profiles (bench/decode_trace.py).
   with jax.named_scope("top_k"):
-    top_logp, parent, token = _best_expansions(
-        logits.reshape(batch, beam, -1), state.alive_logp, eos_id, pad_id,
-        suppress_eos | (t == 0))  # [batch, beam] each
+    top_logp, parent, token, token_logp = _best_expansions(
+        logits, state.alive_logp, eos_id, pad_id,
+        suppress_eos | eos_barred(t, options.min_len), barred,
+        options.token_scores)  # [batch, beam] each
   with jax.named_scope("beam_bookkeeping"):
-    state = _advance(state, top_logp, parent, token, max_len, alpha, eos_id)
+    state = _advance(state, top_logp, parent, token, max_len, alpha, eos_id,
+                     token_logp)
   with jax.named_scope("cache_reorder"):
     return state.replace(cache=reorder_cache(cache, parent))
 
 
 def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
-                     bar_eos: Array | bool) -> tuple[Array, Array, Array]:
-  """The beam best (log-probability, parent, token) [batch, beam] of each sentence.
+                     bar_eos: Array | bool, barred: Array | None = None,
+                     token_scores: bool = False
+                     ) -> tuple[Array, Array, Array, Array | None]:
+  """The beam best (log-probability, parent, token, token log-probability or None)
+  [batch, beam] of each sentence.
 
   logits [batch, beam, vocab] of the live hypotheses, whose log-probabilities are
-  alive_logp [batch, beam]; EOS is not a candidate where `bar_eos` (traced) is true.
+  alive_logp [batch, beam]; EOS is not a candidate where `bar_eos` (traced) is true,
+  nor a token where `barred` [batch, beam, vocab] (0 or -inf, added) is -inf.
   """
   batch, beam, vocab = logits.shape
   # Exact two-stage top-k: the beam best of beam * vocab candidates are among each
@@ -208,28 +233,38 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   # are barred after the first stage, which therefore keeps that many more: masking
   # the logits first would copy all of them every step.
   k = min(beam + 2, vocab)  # Room for the pad and EOS among each row's best.
-  row_logits, row_tokens = top_k(logits, k)  # [batch, beam, k], best first
+  ranked = logits if barred is None else logits + barred
+  row_logits, row_tokens = top_k(ranked, k)  # [batch, beam, k], best first
   # log p = logits - logsumexp over the whole vocabulary, shifted by the row's best
   # logit (as jax.nn.logsumexp shifts by the max, which top_k has found; a max over
   # its k values, not a slice: a second slice of XLA's sort keeps it from becoming
   # a TopK call). Pad is never emitted; its probability mass is dropped, not
   # renormalised, so scores stay sums of the model's log-probabilities.
   shift = jnp.max(row_logits, axis=-1, keepdims=True)  # [batch, beam, 1]
+  if barred is not None:  # The row's best may be barred: shift by its unbarred max.
+    shift = jnp.max(logits, axis=-1, keepdims=True)
   shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
   log_norm = shift + jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1, keepdims=True))
   is_barred = (row_tokens == pad_id) | ((row_tokens == eos_id) & bar_eos)
   row_logits = jnp.where(is_barred, NEG_INF, row_logits)
-  candidates = alive_logp[..., None] + (row_logits - log_norm)
+  row_logp = row_logits - log_norm  # [batch, beam, k]
+  candidates = alive_logp[..., None] + row_logp
   top_logp, top_idx = top_k(candidates.reshape(batch, beam * k), beam)
   token = jnp.take_along_axis(row_tokens.reshape(batch, beam * k), top_idx, axis=1)
-  return top_logp, top_idx // k, token
+  token_logp = None
+  if token_scores:
+    token_logp = jnp.take_along_axis(row_logp.reshape(batch, beam * k), top_idx,
+                                     axis=1)
+  return top_logp, top_idx // k, token, token_logp
 
 
 def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
-             max_len: Array, alpha: Array, eos_id: int) -> BeamState:
+             max_len: Array, alpha: Array, eos_id: int,
+             token_logp: Array | None = None) -> BeamState:
   """Moves the chosen expansions into the live set, or the finished set if they end.
 
-  Everything but the cache, which `reorder_cache` moves.
+  Everything but the cache, which `reorder_cache` moves. token_logp [batch, beam]
+  (with SearchOptions.token_scores) goes beside the tokens.
   """
   batch, beam = parent.shape
   seqs = _gather_beams(state.alive_seqs, parent)
@@ -246,6 +281,12 @@ def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
       [state.finished_lens, jnp.full((batch, beam), length, jnp.int32)], axis=1)
   finished_seqs = _gather_beams(all_seqs, keep)
   finished_lens = _gather_beams(all_lens, keep)
+  if token_logp is not None:
+    alive_tok = lax.dynamic_update_index_in_dim(
+        _gather_beams(state.alive_token_logp, parent), token_logp, state.step, axis=2)
+    state = state.replace(alive_token_logp=alive_tok, finished_token_logp=(
+        _gather_beams(jnp.concatenate([state.finished_token_logp, alive_tok], axis=1),
+                      keep)))
 
   alive_logp = jnp.where(finishing, NEG_INF, top_logp)  # [batch, beam]
   bound = live_score_bound(alive_logp, length, max_len, alpha)  # [batch]
@@ -259,17 +300,23 @@ def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
 
 
 def init_state(cache: Cache, *, batch: int, beam_size: int, max_decode_len: int,
-               pad_id: int) -> BeamState:
-  """The state before the first step: beam 0 of each sentence live, nothing finished."""
+               pad_id: int, token_scores: bool = False) -> BeamState:
+  """The state before the first step: beam 0 of each sentence live, nothing finished.
+
+  `token_scores` allocates the per-token log-probabilities (SearchOptions).
+  """
   beam = beam_size
   seqs = jnp.full((batch, beam, max_decode_len), pad_id, jnp.int32)
   # Only beam 0 is live at first: the others would repeat it.
   alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)
+  token_logp = (jnp.zeros((batch, beam, max_decode_len), jnp.float32)
+                if token_scores else None)
   return BeamState(
       step=jnp.zeros((), jnp.int32), alive_seqs=seqs,
       alive_logp=jnp.broadcast_to(alive_logp, (batch, beam)).astype(jnp.float32),
       finished_seqs=seqs, finished_scores=jnp.full((batch, beam), NEG_INF),
-      finished_lens=jnp.zeros((batch, beam), jnp.int32), cache=cache)
+      finished_lens=jnp.zeros((batch, beam), jnp.int32), cache=cache,
+      alive_token_logp=token_logp, finished_token_logp=token_logp)
 
 
 def live_sentences(state: BeamState) -> Array:
@@ -279,7 +326,8 @@ def live_sentences(state: BeamState) -> Array:
 
 def run(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array, *,
         num_steps: int, eos_id: int, pad_id: int, suppress_eos: bool = False,
-        stop_at_live: Array | int = 0) -> BeamState:
+        stop_at_live: Array | int = 0, options: SearchOptions = SearchOptions()
+        ) -> BeamState:
   """Steps until nothing is live, `num_steps` steps are done, or at most
   `stop_at_live` (traced) sentences are live; 0 runs the search to its end.
 
@@ -293,7 +341,7 @@ def run(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array, *,
                                                 | (live > stop_at_live))
 
   def body(s: BeamState) -> BeamState:
-    return _step(step_fn, s, max_len, alpha, eos_id, pad_id, suppress_eos)
+    return _step(step_fn, s, max_len, alpha, eos_id, pad_id, suppress_eos, options)
 
   return lax.while_loop(cond, body, state)
 
@@ -304,24 +352,30 @@ def result(state: BeamState, nbest: int, pad_id: int) -> Decoded:
   found = scores > NEG_INF  # Fewer than nbest only with a tiny vocabulary/max length.
   tokens = jnp.where(found[..., None], state.finished_seqs[:, :nbest], pad_id)
   lengths = jnp.where(found, state.finished_lens[:, :nbest], 0)
-  return Decoded(tokens=tokens, scores=scores, lengths=lengths, steps=state.step)
+  token_scores = None
+  if state.finished_token_logp is not None:
+    token_scores = jnp.where(found[..., None], state.finished_token_logp[:, :nbest], 0.0)
+  return Decoded(tokens=tokens, scores=scores, lengths=lengths, steps=state.step,
+                 token_scores=token_scores)
 
 
 def search(step_fn: StepFn, cache: Cache, max_len: Array, alpha: Array, *,
            batch: int, beam_size: int, max_decode_len: int, num_steps: int,
-           eos_id: int, pad_id: int, nbest: int = 1, suppress_eos: bool = False
-           ) -> Decoded:
+           eos_id: int, pad_id: int, nbest: int = 1, suppress_eos: bool = False,
+           options: SearchOptions = SearchOptions()) -> Decoded:
   """The n-best of each of `batch` sentences, found by beam search over `step_fn`.
 
   `cache` has batch * beam_size rows; max_len [batch] is each sentence's output
   limit (EOS included, at most max_decode_len); the loop runs at most `num_steps`
   steps. With `suppress_eos` EOS is never chosen (benchmarks: identical work for
-  every decoder). Call inside `jax.jit`.
+  every decoder). `options`: the optional rules (models/search_rules.py). Call
+  inside `jax.jit`.
   """
   if not 1 <= nbest <= beam_size:
     raise ValueError(f"nbest={nbest} must be between 1 and beam_size={beam_size}.")
   state = init_state(cache, batch=batch, beam_size=beam_size,
-                     max_decode_len=max_decode_len, pad_id=pad_id)
+                     max_decode_len=max_decode_len, pad_id=pad_id,
+                     token_scores=options.token_scores)
   state = run(step_fn, state, max_len, alpha, num_steps=num_steps, eos_id=eos_id,
-              pad_id=pad_id, suppress_eos=suppress_eos)
+              pad_id=pad_id, suppress_eos=suppress_eos, options=options)
   return result(state, nbest, pad_id)

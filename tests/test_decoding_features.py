@@ -1,0 +1,186 @@
+"""The beam search's optional rules: length limits, repeated n-grams, token scores.
+
+Stub searches (models/search.py over a bigram table) are checked against brute force
+under the same rule; the Transformer's search against teacher-forced log-probabilities.
+"""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from inference.decoder import DecodeSettings
+from inference.decoder import Decoder
+from inference.decoder import setting_problems
+from models import decoding
+from models import search
+from models.search_rules import SearchOptions
+from models.search_rules import repeated_ngram_mask
+from parallel import mesh as mesh_lib
+from parallel.sharding import Partitioner
+from tests.test_decoding import (EOS, MAX_DECODE_LEN, PAD_ID, SENTENCE, NEIGHBOURS,
+                                 log_probs, penalty, sources, tiny_model)
+from tests.test_search import VOCAB, bigram_step
+
+PAD = 0
+
+
+def stub_search(table, *, beam, max_len, alpha, nbest, options=SearchOptions()):
+  cache = {"steps": jnp.zeros((), jnp.int32), "rows": jnp.arange(beam)}
+  return jax.jit(lambda: search.search(
+      bigram_step(table), cache, jnp.full((1,), max_len, jnp.int32),
+      jnp.float32(alpha), batch=1, beam_size=beam, max_decode_len=max_len,
+      num_steps=max_len, eos_id=EOS, pad_id=PAD, nbest=nbest, options=options))()
+
+
+def repeats_ngram(seq, n) -> bool:
+  grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+  return len(grams) != len(set(grams))
+
+
+def brute_force(table, max_len, alpha, nbest, min_len=1, ngram=0):
+  """The best complete sequences (EOS-ended, or cut at max_len) under the rules."""
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table, jnp.float32)), np.float64)
+  words = range(EOS + 1, VOCAB)
+  seqs = [w + (EOS,) for n in range(min_len, max_len)
+          for w in itertools.product(words, repeat=n)]
+  seqs += list(itertools.product(words, repeat=max_len))
+  scored = []
+  for seq in seqs:
+    if ngram and repeats_ngram(seq, ngram):
+      continue
+    prev, total = PAD, 0.0
+    for tok in seq:
+      total += logp[prev, tok]
+      prev = tok
+    scored.append((total / ((5 + len(seq)) / 6) ** alpha, seq))
+  return sorted(scored, reverse=True)[:nbest]
+
+
+def nbest(out, row=0):
+  tokens, lengths = np.asarray(out.tokens[row]), np.asarray(out.lengths[row])
+  return [(float(s), tuple(int(x) for x in t[:n]))
+          for s, t, n in zip(np.asarray(out.scores[row]), tokens, lengths)]
+
+
+def eos_loving_table(seed=0):
+  table = np.random.RandomState(seed).normal(size=(VOCAB, VOCAB))
+  table[:, EOS] += 4.0  # EOS right after the first word, unless barred.
+  return table
+
+
+@pytest.mark.parametrize("min_len", [0, 1, 3])
+def test_min_decoding_length_matches_brute_force(min_len):
+  """Beam 64 keeps every live prefix of 3 words: the search is exhaustive."""
+  table = eos_loving_table()
+  out = stub_search(table, beam=64, max_len=4, alpha=0.6, nbest=5,
+                    options=SearchOptions(min_len=jnp.int32(min_len)))
+  got = nbest(out)
+  expected = brute_force(table, 4, 0.6, 5, min_len=min_len)  # 0: EOS alone too.
+  assert [s for _, s in got] == [s for _, s in expected]
+  np.testing.assert_allclose([s for s, _ in got], [s for s, _ in expected], rtol=1e-5)
+  assert all(len(seq) >= min_len + 1 for _, seq in got if seq[-1] == EOS)
+  assert (got[0][1] == (EOS,)) == (min_len == 0)  # EOS-loving: empty when allowed.
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_no_repeat_ngram_matches_brute_force(n):
+  table = np.random.RandomState(n).normal(size=(VOCAB, VOCAB)) * 0.5  # No ties.
+  table[2, 3] = table[3, 2] = 5.0  # The model loves 2 3 2 3 ...
+  table[PAD, 2] = 5.0
+  out = stub_search(table, beam=64, max_len=4 if n == 2 else 3, alpha=0.0, nbest=5,
+                    options=SearchOptions(no_repeat_ngram_size=n))
+  got = nbest(out)
+  expected = brute_force(table, 4 if n == 2 else 3, 0.0, 5, ngram=n)
+  assert [s for _, s in got] == [s for _, s in expected]
+  np.testing.assert_allclose([s for s, _ in got], [s for s, _ in expected], rtol=1e-5)
+  assert not any(repeats_ngram(seq, n) for _, seq in got)
+  free = nbest(stub_search(table, beam=4, max_len=5, alpha=0.0, nbest=1))
+  assert repeats_ngram(free[0][1], 2)  # Without the rule it repeats.
+
+
+def test_repeated_ngram_mask_by_hand():
+  seqs = jnp.array([[[5, 6, 5, 7, 5, 0, 0]]])  # batch 1, beam 1; 5 tokens decoded.
+  mask = np.asarray(repeated_ngram_mask(seqs, jnp.int32(5), 2, 9))[0, 0]
+  assert list(np.flatnonzero(np.isinf(mask))) == [6, 7]  # "5 6" and "5 7" were seen.
+  mask3 = np.asarray(repeated_ngram_mask(seqs, jnp.int32(5), 3, 9))[0, 0]
+  assert not np.any(np.isinf(mask3))  # The suffix "7 5" occurred only at the end.
+  seqs = jnp.array([[[5, 6, 7, 5, 6, 0, 0]]])
+  mask3 = np.asarray(repeated_ngram_mask(seqs, jnp.int32(5), 3, 9))[0, 0]
+  assert list(np.flatnonzero(np.isinf(mask3))) == [7]  # "5 6" was followed by 7.
+
+
+@pytest.fixture(scope="module")
+def parts():
+  return nnx.split(tiny_model())
+
+
+def test_token_scores_are_the_model_log_probabilities_and_sum_to_the_score(parts):
+  graphdef, params = parts
+  inputs = sources(3, [6, 2, 9], 9)
+  out = decoding.beam_search_jit(graphdef, params, inputs, 0.6, 1.0, 2.0, eos_id=EOS,
+                                 beam_size=4, nbest=4, max_decode_len=MAX_DECODE_LEN,
+                                 return_token_scores=True)
+  tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  token_scores = np.asarray(out.token_scores)  # [3, 4, 12]
+  sums = token_scores.sum(-1) / penalty(lengths, 0.6)
+  np.testing.assert_allclose(sums, np.asarray(out.scores), atol=1e-5)
+  assert np.all(token_scores[tokens == PAD_ID] == 0)
+  targets = np.where(tokens == PAD_ID, 2, tokens).reshape(-1, MAX_DECODE_LEN)
+  logp = log_probs(graphdef, params, np.repeat(inputs, 4, 0), targets)
+  teacher = np.take_along_axis(logp, targets[..., None], -1)[..., 0].reshape(tokens.shape)
+  np.testing.assert_allclose(token_scores, np.where(tokens == PAD_ID, 0, teacher),
+                             atol=1e-5)
+  plain = decoding.beam_search_jit(graphdef, params, inputs, 0.6, 1.0, 2.0, eos_id=EOS,
+                                   beam_size=4, nbest=4, max_decode_len=MAX_DECODE_LEN)
+  np.testing.assert_array_equal(plain.tokens, out.tokens)  # Scores change nothing.
+  assert plain.token_scores is None
+
+
+def test_length_limits_are_traced_and_take_effect(parts):
+  graphdef, params = parts
+  inputs = sources(4, [6, 2, 9], 9)
+  call = lambda **kw: decoding.beam_search_jit(
+      graphdef, params, inputs, 0.6, 1.0, 2.0, eos_id=EOS, beam_size=4, nbest=1,
+      max_decode_len=MAX_DECODE_LEN, **kw)
+  base = call()
+  first = call(min_decoding_length=np.int32(1), max_decoding_length=np.int32(12))
+  np.testing.assert_array_equal(first.tokens, base.tokens)  # Limits not binding.
+  compiled = decoding.beam_search_jit._cache_size()
+  capped = call(min_decoding_length=np.int32(1), max_decoding_length=np.int32(3))
+  longer = call(min_decoding_length=np.int32(6), max_decoding_length=np.int32(12))
+  assert decoding.beam_search_jit._cache_size() == compiled  # New values: no compile.
+  assert int(np.asarray(capped.lengths).max()) <= 3
+  tokens, lengths = np.asarray(longer.tokens), np.asarray(longer.lengths)
+  for row, n in zip(tokens[:, 0], lengths[:, 0]):  # >= 6 tokens before any EOS.
+    assert EOS not in row[:6].tolist() and (n >= 7 or row[n - 1] != EOS)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(min_decoding_length=3), dict(max_decoding_length=5),
+    dict(no_repeat_ngram_size=2), dict(return_token_scores=True)])
+def test_segmented_search_with_rules_matches_the_one_call_search(parts, settings):
+  graphdef, params = parts
+  partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
+  s = DecodeSettings(beam_size=4, alpha=0.6, max_len_a=1.0, max_len_b=2.0, **settings)
+  batch = np.insert(NEIGHBOURS, 5, np.pad(SENTENCE, (0, 5)), axis=0)
+  got, expected = (Decoder(partitioner, s, max_len=MAX_DECODE_LEN, nbest=2,
+                           compact=compact).bind(graphdef, params)(batch)
+                   for compact in (True, False))
+  assert len(got) == len(expected) == (3 if s.return_token_scores else 2)
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("fields, bad", [
+    (dict(min_decoding_length=-1), "min_decoding_length"),
+    (dict(max_decoding_length=0), "max_decoding_length"),
+    (dict(min_decoding_length=5, max_decoding_length=4), "min_decoding_length"),
+    (dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size"),
+    (dict(no_repeat_ngram_size=1.5), "no_repeat_ngram_size"),
+    (dict(return_token_scores="yes"), "return_token_scores")])
+def test_bad_rules_are_named(fields, bad):
+  assert [f for f, _ in setting_problems(DecodeSettings(**fields))] == [bad]
+  assert not setting_problems(DecodeSettings())
