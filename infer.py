@@ -3,6 +3,9 @@
   python infer.py --mode=translate --workdir=DIR --input=en.txt --output=fr.txt
   python infer.py --mode=translate --workdir=DIR --input=en.txt --return_token_scores \
       --no_repeat_ngram_size=3 --min_decoding_length=2   # docs/decoding.md
+  python infer.py --mode=translate --workdir=DIR --input=en.txt --target_prefix=fr.txt
+  python infer.py --mode=translate --workdir=DIR --input=mono.txt --sampling_topk=10 \
+      --seed=1 --output=synthetic.txt   # Back-translation (docs/decoding.md)
   python infer.py --mode=evaluate  --workdir=DIR --split=test_2016_flickr
   python infer.py --mode=evaluate  --workdir=DIR --input=src.en --reference=ref.fr
   python infer.py --mode=score     --workdir=DIR --input=en.txt --target=fr.txt
@@ -11,6 +14,7 @@ The other inference jobs have scripts of their own: serve.py (HTTP server),
 export.py (CTranslate2 model), average.py (checkpoint averaging) and bench/decode.py
 (decode latency).
 """
+import contextlib
 import dataclasses
 import json
 
@@ -37,6 +41,12 @@ _REFERENCE = flags.DEFINE_string("reference", None, "Reference file for --mode=e
                                  " with --input.")
 _SPLIT = flags.DEFINE_string("split", None, "TFDS split for --mode=evaluate, e.g."
                              " validation or test_2016_flickr.")
+_TARGET_PREFIX = flags.DEFINE_string(
+    "target_prefix", None, "--mode=translate: what each translation must start with,"
+    " line-aligned with --input (an empty line: nothing). docs/decoding.md.")
+_PREFIX_IN_INPUT = flags.DEFINE_boolean(
+    "prefix_in_input", False, "--mode=translate: each --input line is"
+    " source<TAB>target prefix (a line without a tab has no prefix).")
 _BUFFER_SIZE = flags.DEFINE_integer("buffer_size", 2000, "--mode=translate: lines read,"
                                     " translated and written at a time, so memory"
                                     " stays bounded and output appears as it goes.")
@@ -58,22 +68,45 @@ def _check_paths(*input_flags: flags.FlagHolder) -> None:
     raise app.UsageError(str(e)) from e
 
 
+def _chunks(lines, prefix_lines, name: str):
+  """(first line, texts, target prefixes or None) of --input, chunk by chunk."""
+  size = _BUFFER_SIZE.value
+  if prefix_lines is not None:
+    yield from text_io.read_prefixed_chunks(lines, prefix_lines, size, name,
+                                            _TARGET_PREFIX.value)
+    return
+  for first_line, texts in text_io.read_chunks(lines, size, name):
+    yield (first_line, *text_io.split_prefixes(texts)) if _PREFIX_IN_INPUT.value else (
+        first_line, texts, None)
+
+
 def _translate():
   """--input to --output in chunks of --buffer_size lines, one output line per input."""
-  _check_paths(_INPUT)
+  _check_paths(_INPUT, _TARGET_PREFIX)
   if _BUFFER_SIZE.value < 1:
     raise app.UsageError(f"--buffer_size={_BUFFER_SIZE.value}: give 1 or more lines.")
+  if _TARGET_PREFIX.value and _PREFIX_IN_INPUT.value:
+    raise app.UsageError("--target_prefix and --prefix_in_input both give prefixes;"
+                         " choose one.")
   name = text_io.display_name(_INPUT.value)
   translator = _translator()
   nbest, token_scores = flags.FLAGS.nbest, flags.FLAGS.return_token_scores
-  with (text_io.open_input(_INPUT.value) as lines,
-        text_io.open_output(_OUTPUT.value) as out):
-    for first_line, texts in text_io.read_chunks(lines, _BUFFER_SIZE.value, name):
-      translations = translator.translate(texts, name=name, first_line=first_line,
-                                          progress=_INPUT.value != text_io.STDIO)
-      out.write("".join(t.line(nbest, token_scores) + "\n"
-                        for t in translations).encode("utf-8"))
-      out.flush()
+  with contextlib.ExitStack() as stack:
+    lines = stack.enter_context(text_io.open_input(_INPUT.value))
+    prefix_lines = (stack.enter_context(text_io.open_input(_TARGET_PREFIX.value))
+                    if _TARGET_PREFIX.value else None)
+    out = stack.enter_context(text_io.open_output(_OUTPUT.value))
+    try:
+      for first_line, texts, prefixes in _chunks(lines, prefix_lines, name):
+        translations = translator.translate(texts, name=name, first_line=first_line,
+                                            progress=_INPUT.value != text_io.STDIO,
+                                            target_prefix=prefixes)
+        # Every sample is shown: a sampled list may be longer than --nbest.
+        out.write("".join(t.line(max(nbest, len(t.nbest)), token_scores) + "\n"
+                          for t in translations).encode("utf-8"))
+        out.flush()
+    except ValueError as e:  # Files of different lengths.
+      raise app.UsageError(str(e)) from e
 
 
 def _evaluate():

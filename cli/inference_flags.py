@@ -32,7 +32,8 @@ from storage import layout
 FLAGS = flags.FLAGS
 _DECODE_FIELDS = ("beam_size", "alpha", "max_len_a", "max_len_b",
                   "min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-                  "return_token_scores")
+                  "return_token_scores", "num_samples", "sampling_topk",
+                  "sampling_topp", "sampling_temperature", "seed")
 
 
 def define_workdir() -> None:
@@ -95,6 +96,29 @@ def define_decode(lengths: bool = True) -> None:
                          " (0: off).", lower_bound=0)
 
 
+def define_sampling() -> None:
+  """--num_samples, --sampling_topk, --sampling_topp, --sampling_temperature, --seed:
+  random sampling instead of the beam search (docs/decoding.md)."""
+  defaults = DecodeSettings()
+  flags.DEFINE_integer("num_samples", defaults.num_samples, "Outputs drawn at random"
+                       " per line instead of the beam search (0: beam search; any"
+                       " other --sampling_* flag alone draws one). More than one:"
+                       " hyp<TAB>score pairs on the line.", lower_bound=0,
+                       upper_bound=decoder_lib.MAX_SAMPLES)
+  flags.DEFINE_integer("sampling_topk", defaults.sampling_topk, "Draw among the k"
+                       " most likely tokens (0: all; 1: greedy).", lower_bound=0)
+  flags.DEFINE_float("sampling_topp", defaults.sampling_topp, "Draw within the"
+                     " smallest set of likeliest tokens of this probability (1: no"
+                     " cut).", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float("sampling_temperature", defaults.sampling_temperature,
+                     "Divides the logits before drawing (< 1: sharper).",
+                     lower_bound=0.0)
+  flags.DEFINE_integer("seed", defaults.seed, "Samples are a function of the seed"
+                       " and each line's own text: the same seed gives the same"
+                       " output, whatever the batch.", lower_bound=0,
+                       upper_bound=2**32 - 1)
+
+
 def define_compilation_cache() -> None:
   flags.DEFINE_string(
       "compilation_cache_dir", None, "JAX persistent compilation cache, so a later run"
@@ -120,6 +144,7 @@ def define_translator(batch_tokens: bool = True) -> None:
   flags.DEFINE_boolean("return_token_scores", False, "Write each hypothesis as"
                        " hyp<TAB>score<TAB>token log-probabilities (space-separated,"
                        " EOS's last when the output ends with it).")
+  define_sampling()
   if batch_tokens:
     flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.",
                          lower_bound=1)
@@ -166,7 +191,7 @@ def decode_settings(config) -> DecodeSettings:
               f" (override it with --{field})")
     raise app.UsageError("; ".join(f"{where(field)}: must be {rule}"
                                    for field, rule in problems) + ".")
-  if "nbest" in FLAGS and FLAGS.nbest > settings.beam_size:
+  if "nbest" in FLAGS and not settings.samples and FLAGS.nbest > settings.beam_size:
     raise app.UsageError(f"--nbest={FLAGS.nbest}: must be <= the beam size"
                          f" ({settings.beam_size}); raise --beam_size or lower"
                          " --nbest.")

@@ -3,7 +3,7 @@
 What to search with (`DecodeSettings`, the run's `config.decode`) and how to call it
 (`Decoder.bind`); text, batching and restoring live beside it in inference/.
 """
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import dataclasses
 import math
 from typing import Any
@@ -16,11 +16,13 @@ import numpy as np
 
 from data import tokenizer as tokenizer_lib
 from models import decoding
+from models import sampling
 from parallel.sharding import Partitioner
 
 # Batches of at least this many rows drop their done sentences as they go (in halves:
 # `Decoder._segmented`); smaller ones run the search in one call.
 MIN_ROWS_TO_COMPACT = 4
+MAX_SAMPLES = 64  # Samples per sentence at most: each is a row of the batch.
 
 # decode(inputs [batch, src_len] int32) -> (tokens [batch, nbest, out_len],
 #                                           scores [batch, nbest]), followed by
@@ -40,6 +42,13 @@ class DecodeSettings:
   max_decoding_length: int | None = None  # Caps a * source_len + b (None: no cap).
   no_repeat_ngram_size: int = 0  # No n-gram of this size twice in an output (0: off).
   return_token_scores: bool = False  # Each hypothesis's per-token log-probabilities.
+  # Sampling instead of the beam search (models/sampling.py): on when num_samples
+  # > 0 or any other sampling field leaves its default (then one sample).
+  num_samples: int = 0  # Outputs drawn per sentence (beam_size is then unused).
+  sampling_topk: int = 0  # Draw among the k most likely tokens (0: all; 1: greedy).
+  sampling_topp: float = 1.0  # ... and within the nucleus of this mass (1: all).
+  sampling_temperature: float = 1.0  # Logits / temperature before drawing.
+  seed: int = 0  # With the sentence's ids, what each sample is drawn from.
 
   @classmethod
   def from_config(cls, decode_cfg: Any | None, **overrides) -> "DecodeSettings":
@@ -55,6 +64,14 @@ class DecodeSettings:
     """Positions the search compiles for sources of `src_len` tokens: the output
     limit ceil(a * src_len + b), at most the model's `max_len`."""
     return min(max_len, math.ceil(self.max_len_a * src_len + self.max_len_b))
+
+  @property
+  def samples(self) -> int:
+    """Samples drawn per sentence; 0: beam search."""
+    if self.num_samples:
+      return self.num_samples
+    return int(self.sampling_topk != 0 or self.sampling_topp != 1.0
+               or self.sampling_temperature != 1.0)
 
   def search_options(self) -> dict:
     """The optional rules as `decoding.beam_search` / `begin_search` keywords.
@@ -92,7 +109,32 @@ def setting_problems(s: DecodeSettings) -> list[tuple[str, str]]:
     problems.append(("no_repeat_ngram_size", "an integer >= 0 (0: off)"))
   if not isinstance(s.return_token_scores, bool):
     problems.append(("return_token_scores", "true or false"))
+  if not count(s.num_samples, 0) or s.num_samples > MAX_SAMPLES:
+    problems.append(("num_samples", f"an integer in [0, {MAX_SAMPLES}] (0: beam"
+                     " search)"))
+  if not count(s.sampling_topk, 0):
+    problems.append(("sampling_topk", "an integer >= 0 (0: every token; 1: greedy)"))
+  if not (_number(s.sampling_topp) and 0 < s.sampling_topp <= 1):
+    problems.append(("sampling_topp", "a number in (0, 1] (1: no nucleus cut)"))
+  if not (_number(s.sampling_temperature) and s.sampling_temperature > 0):
+    problems.append(("sampling_temperature", "a finite number > 0"))
+  if not count(s.seed, 0) or s.seed >= 2**32:
+    problems.append(("seed", "an integer in [0, 2**32)"))
   return problems
+
+
+def _number(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def prefix_rows(prefix: Sequence[Sequence[int]], rows: int, length: int) -> np.ndarray:
+  """[rows, length] int32 target prefixes, pad after each (and in rows without one);
+  a prefix longer than `length` is cut (the output limit cuts it anyway)."""
+  out = np.full((rows, length), tokenizer_lib.PAD_ID, np.int32)
+  for r, ids in enumerate(prefix):
+    out[r, :min(len(ids), length)] = list(ids)[:length]
+  return out
 
 
 def global_batch(partitioner: Partitioner, inputs: np.ndarray) -> jax.Array:
@@ -170,10 +212,15 @@ class Decoder:
                                      static_argnames=("eos_id", "nbest"),
                                      donate_argnames=("segment",))
     self._take = partitioner.jit(decoding.take_sentences)
+    self._sample = partitioner.jit(sampling.sample, static_argnums=0,
+                                   static_argnames=sampling.STATIC)
 
   def _segmented(self, graphdef, params, inputs: np.ndarray, s: DecodeSettings,
-                 max_decode_len: int, nbest: int) -> tuple[np.ndarray, ...]:
-    """The search of `inputs` in segments, dropping done sentences between them."""
+                 max_decode_len: int, nbest: int, options: dict
+                 ) -> tuple[np.ndarray, ...]:
+    """The search of `inputs` in segments, dropping done sentences between them.
+
+    `options`: the search's optional keywords (`Decoder.bind`)."""
     rows = inputs.shape[0]
     found = {"tokens": np.full((rows, nbest, max_decode_len), tokenizer_lib.PAD_ID,
                                np.int32),
@@ -182,7 +229,7 @@ class Decoder:
     segment = self._begin(graphdef, params, global_batch(self.partitioner, inputs),
                           float(s.max_len_a), float(s.max_len_b),
                           beam_size=s.beam_size, max_decode_len=max_decode_len,
-                          **s.search_options())
+                          **options)
     origin = np.arange(rows)  # The input row of each row of the segment; -1: padding.
     while True:
       n = len(origin)
@@ -210,14 +257,14 @@ class Decoder:
       origin = np.where(np.arange(size) < len(keep), origin[index], -1)
 
   def _warm_segments(self, graphdef, params, inputs: np.ndarray, s: DecodeSettings,
-                     max_decode_len: int, nbest: int) -> None:
+                     max_decode_len: int, nbest: int, options: dict) -> None:
     """Compiles every program `_segmented` may call for a batch shaped like `inputs`
     (the continuation at each halving of its rows, the gathers between them),
     whichever sentences finish when: a server compiles them all before it is ready."""
     segment = self._begin(graphdef, params, global_batch(self.partitioner, inputs),
                           float(s.max_len_a), float(s.max_len_b),
                           beam_size=s.beam_size, max_decode_len=max_decode_len,
-                          **s.search_options())
+                          **options)
     n = inputs.shape[0]
     while True:
       target = _stop_at_live(n, self.row_multiple)
@@ -228,16 +275,35 @@ class Decoder:
       segment = self._take(segment, jnp.arange(target, dtype=jnp.int32))
       n = target
 
+  def _sampled(self, graphdef, params, inputs: np.ndarray, s: DecodeSettings,
+               max_decode_len: int, options: dict, rows: int
+               ) -> tuple[np.ndarray, ...]:
+    """`s.samples` sampled outputs per sentence, in one call (models/sampling.py)."""
+    out = self._sample(graphdef, params, global_batch(self.partitioner, inputs),
+                       float(s.alpha), float(s.max_len_a), float(s.max_len_b),
+                       float(s.sampling_temperature), float(s.sampling_topp),
+                       np.uint32(s.seed), eos_id=tokenizer_lib.EOS_ID,
+                       max_decode_len=max_decode_len, num_samples=s.samples,
+                       topk=s.sampling_topk, **options)
+    return tuple(multihost_utils.process_allgather(getattr(out, name),
+                                                   tiled=True)[:rows]
+                 for name in _outputs(s))
+
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
-    """decode(inputs, settings=None, nbest=None, warmup=False); None: the Decoder's
-    own. `warmup` also compiles what a batch of this shape may need later. Returns
-    (tokens, scores), and token_scores after them if the settings ask for them."""
+    """decode(inputs, settings=None, nbest=None, warmup=False, prefix=None); None:
+    the Decoder's own. `warmup` also compiles what a batch of this shape may need
+    later. `prefix`: per input row, the target tokens its output starts with ([]:
+    none). Returns (tokens, scores), and token_scores after them if the settings
+    ask for them or a prefix is given (its tokens' scores are reported apart)."""
     params = jax.device_put(params, serving_layout(self.partitioner, params))
 
     def decode(inputs: np.ndarray, settings: DecodeSettings | None = None,
-               nbest: int | None = None, warmup: bool = False
+               nbest: int | None = None, warmup: bool = False,
+               prefix: Sequence[Sequence[int]] | None = None
                ) -> tuple[np.ndarray, ...]:
       s = settings or self.settings
+      if prefix is not None:
+        s = dataclasses.replace(s, return_token_scores=True)
       nbest = nbest or self.nbest
       rows = inputs.shape[0]
       max_decode_len = s.cache_length(inputs.shape[1], self.max_len)
@@ -245,17 +311,25 @@ class Decoder:
       if padded != rows:  # PAD rows: empty sources, cut off again below.
         inputs = np.concatenate([inputs, np.full(
             (padded - rows, inputs.shape[1]), tokenizer_lib.PAD_ID, inputs.dtype)])
+      options = s.search_options()
+      if prefix is not None:
+        options["target_prefix"] = global_batch(self.partitioner, prefix_rows(
+            prefix, padded, max_decode_len))
+      if s.samples:
+        return self._sampled(graphdef, params, inputs, s, max_decode_len, options,
+                             rows)
       if (self.compact and padded >= MIN_ROWS_TO_COMPACT
           and jax.process_count() == 1):
         if warmup:
-          self._warm_segments(graphdef, params, inputs, s, max_decode_len, nbest)
-        found = self._segmented(graphdef, params, inputs, s, max_decode_len, nbest)
+          self._warm_segments(graphdef, params, inputs, s, max_decode_len, nbest,
+                              options)
+        found = self._segmented(graphdef, params, inputs, s, max_decode_len, nbest,
+                                options)
         return tuple(x[:rows] for x in found)
       out = self._search(graphdef, params, global_batch(self.partitioner, inputs),
                          float(s.alpha), float(s.max_len_a), float(s.max_len_b),
                          eos_id=tokenizer_lib.EOS_ID, beam_size=s.beam_size,
-                         max_decode_len=max_decode_len, nbest=nbest,
-                         **s.search_options())
+                         max_decode_len=max_decode_len, nbest=nbest, **options)
       # Every process gets back all rows (multi-host).
       return tuple(multihost_utils.process_allgather(getattr(out, name),
                                                      tiled=True)[:rows]

@@ -100,3 +100,21 @@ def boolean(body: dict, field: str) -> bool | None:
     return value
   raise ClientError(400, "invalid_field", f'"{field}" must be true or false,'
                     f" not {json.dumps(value)[:40]}.")
+
+
+def prefixes(body: dict, field: str, count: int) -> list[str | None] | None:
+  """body[field] as `count` target prefixes (strings or null), or None when absent."""
+  values = body.get(field)
+  if values is None:
+    return None
+  if (not isinstance(values, list) or len(values) != count
+      or not all(v is None or isinstance(v, str) for v in values)):
+    raise ClientError(400, "invalid_field", f'"{field}" must be a list of {count}'
+                      ' strings or nulls, one per "text".')
+  for i, text in enumerate(values):
+    try:
+      (text or "").encode("utf-8")
+    except UnicodeEncodeError:
+      raise ClientError(400, "invalid_field", f'"{field}"[{i}] holds a lone'
+                        " surrogate: send UTF-16 pairs whole.") from None
+  return values

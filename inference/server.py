@@ -2,9 +2,12 @@
 
   POST /v1/translate {"text": [...], "beam_size"?, "alpha"?, "nbest"?,
                       "min_decoding_length"?, "max_decoding_length"?,
-                      "no_repeat_ngram_size"?, "return_token_scores"?}
+                      "no_repeat_ngram_size"?, "return_token_scores"?,
+                      "num_samples"?, "sampling_topk"?, "sampling_topp"?,
+                      "sampling_temperature"?, "seed"?,
+                      "target_prefix"?: [str | null, ...] (one per text)}
        -> {"translations": [{"text", "score", "tokens", "truncated", "nbest"?,
-                             "token_scores"?}, ...]}
+                             "token_scores"?, "prefix_tokens"?}, ...]}
   POST /v1/score     {"source": [...], "target": [...]}
        -> {"scores": [{"score", "tokens", "token_scores", "truncated"}, ...]}
   GET  /v1/models    the model served: name, step, parameters, decode defaults, limits
@@ -42,11 +45,13 @@ from aiohttp import web_log
 import jax
 
 from inference import bucketing
+from inference import decoder as decoder_lib
 from inference import dynamic_batching
 from inference import request_parsing
 from inference.request_parsing import ClientError
 from inference import scoring
 from inference import serving_metrics
+from inference.translator import Hypothesis
 from inference.translator import Translation
 from inference.translator import Translator
 from models import limits
@@ -79,17 +84,18 @@ def _finite(x: float | None) -> float | None:
 def _translation_json(t: Translation, nbest: int, token_scores: bool = False) -> dict:
   """A translation's JSON; `token_scores` adds each hypothesis's per-token
   log-probabilities (EOS's last when it ends with one)."""
-  def hypothesis(text, score, ids, scores) -> dict:
-    out = {"text": text, "score": _finite(score), "tokens": list(ids)}
+  def hypothesis(h: Hypothesis) -> dict:
+    out = {"text": h.text, "score": _finite(h.score), "tokens": list(h.ids)}
     if token_scores:
-      out["token_scores"] = list(scores)
+      out["token_scores"] = list(h.token_scores)
+    if h.prefix_len:  # The first tokens, given as the target prefix.
+      out["prefix_tokens"] = h.prefix_len
     return out
 
-  best = t.nbest[0].token_scores if t.nbest else ()
-  out = {**hypothesis(t.text, t.score, t.ids, best), "truncated": t.truncated}
+  out = {**(hypothesis(t.nbest[0]) if t.nbest else hypothesis(Hypothesis("", None))),
+         "truncated": t.truncated}
   if nbest > 1:
-    out["nbest"] = [hypothesis(h.text, h.score, h.ids, h.token_scores)
-                    for h in t.nbest]
+    out["nbest"] = [hypothesis(h) for h in t.nbest]
   return out
 
 
@@ -129,7 +135,8 @@ class _State:
     rows = bucketing.padded_rows(len(items), self.per_batch(key))
     start = time.perf_counter()
     if kind == "translate":
-      results = self.translator.translate_batch(items, length, rows, *options)
+      settings, nbest, _ = options  # The last: whether the batch has prefixes.
+      results = self.translator.translate_batch(items, length, rows, settings, nbest)
       source = sum(len(s.ids) for s in items)
       target = sum(len(t.ids) + 1 for t in results)  # The best hypotheses, EOS too.
     else:
@@ -191,19 +198,25 @@ class _State:
 _STATE = web.AppKey("state", _State)
 # The optional decode settings a translate request may set (DecodeSettings fields).
 _RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-          "return_token_scores")
+          "return_token_scores", "num_samples", "sampling_topk", "sampling_topp",
+          "sampling_temperature", "seed")
+_FLOAT_RULES = ("sampling_topp", "sampling_temperature")
 
 
 async def _translate(request: web.Request) -> web.Response:
   state: _State = request.app[_STATE]
   config = state.config
   body = await request_parsing.json_body(request, {"text", "beam_size", "alpha",
-                                                   "nbest", *_RULES})
+                                                   "nbest", "target_prefix", *_RULES})
   texts = request_parsing.texts(body, "text", config.max_request_sentences)
   beam = request_parsing.number(body, "beam_size", int, config.max_beam_size)
   longest = state.translator.decoder.max_len  # No output is longer.
-  rules = {field: request_parsing.number(body, field, int, longest)
-           for field in _RULES if field != "return_token_scores"}
+  limits = {"num_samples": decoder_lib.MAX_SAMPLES, "seed": 2**32 - 1,
+            "sampling_topk": state.translator.tokenizer.vocab_size,
+            "sampling_topp": 1.0, "sampling_temperature": 100.0}
+  rules = {field: request_parsing.number(
+      body, field, float if field in _FLOAT_RULES else int,
+      limits.get(field, longest)) for field in _RULES if field != "return_token_scores"}
   rules["return_token_scores"] = request_parsing.boolean(body, "return_token_scores")
   try:
     settings, nbest = state.translator.options(
@@ -211,10 +224,13 @@ async def _translate(request: web.Request) -> web.Response:
         request_parsing.number(body, "nbest", int, config.max_beam_size), **rules)
   except ValueError as e:
     raise ClientError(400, "invalid_field", str(e)) from None
-  sources = state.translator.tokenize(texts)
+  prefixes = request_parsing.prefixes(body, "target_prefix", len(texts))
+  sources = state.translator.tokenize(texts, target_prefix=prefixes)
   todo = [s for s in sources if s.ids]  # Empty lines never reach the model.
+  # Prefixed sentences batch apart: their search is another program.
   results = await state.gather([(("translate", bucketing.bucket(len(s.ids)), settings,
-                                  nbest), s) for s in todo])
+                                  nbest, bool(getattr(s, "prefix", None))), s)
+                                for s in todo])
   translations = [Translation([])] * len(sources)
   for source, result in zip(todo, results):
     translations[source.line - 1] = result

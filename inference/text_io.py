@@ -167,3 +167,29 @@ def one_line(text: str) -> str:
   Keeps one output line per input line and the n-best format parseable.
   """
   return text.translate(_LINE_BREAKERS)
+
+
+def split_prefixes(texts: list[str]) -> tuple[list[str], list[str | None]]:
+  """`source<TAB>prefix` lines as (sources, target prefixes); no tab: no prefix.
+
+  Only the first tab splits, so a prefix may hold tabs of its own.
+  """
+  pairs = [text.split("\t", 1) for text in texts]
+  return [p[0] for p in pairs], [p[1] if len(p) == 2 else None for p in pairs]
+
+
+def read_prefixed_chunks(stream: BinaryIO, prefixes: BinaryIO, buffer_size: int,
+                         name: str, prefix_name: str
+                         ) -> Iterator[tuple[int, list[str], list[str | None]]]:
+  """(first line, texts, target prefixes) of two line-aligned streams, chunk by chunk
+  (`read_chunks`); an empty prefix line is no prefix. Files of different lengths
+  are a ValueError naming both, once the shorter one ends."""
+  chunks = read_chunks(stream, buffer_size, name)
+  prefix_chunks = read_chunks(prefixes, buffer_size, prefix_name)
+  for (first_line, texts), prefix in itertools.zip_longest(chunks, prefix_chunks,
+                                                           fillvalue=(0, None)):
+    if texts is None or prefix[1] is None or len(texts) != len(prefix[1]):
+      raise ValueError(f"{name} and {prefix_name} differ in length (from line"
+                       f" {first_line or prefix[0]} on): give one prefix line (empty:"
+                       " none) per input line.")
+    yield first_line, texts, [p or None for p in prefix[1]]

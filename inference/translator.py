@@ -29,6 +29,7 @@ from data import tokenizer as tokenizer_lib
 from inference import bucketing
 from inference import bundle as bundle_lib
 from inference import decoder as decoder_lib
+from inference.prefixes import with_prefixes
 from inference import restore
 from inference import scoring
 from inference import text_io
@@ -48,6 +49,12 @@ class Hypothesis:
   # (len(ids) + 1 entries; len(ids) when cut at the length limit); their sum over
   # the length penalty of their count is `score`. Empty unless asked for.
   token_scores: tuple[float, ...] = ()
+  prefix_len: int = 0  # The first tokens of `ids` that were the given target prefix.
+
+  @property
+  def prefix_score(self) -> float | None:
+    """Sum of the prefix tokens' log-probabilities (None without a prefix)."""
+    return sum(self.token_scores[:self.prefix_len]) if self.prefix_len else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,17 +111,22 @@ def _token_scores(row: np.ndarray, values: np.ndarray | None) -> tuple[float, ..
 
 
 def hypotheses(tokens: np.ndarray, scores: np.ndarray, tokenizer, count: int,
-               token_scores: np.ndarray | None = None) -> list[list[Hypothesis]]:
+               token_scores: np.ndarray | None = None,
+               prefix_lens: Sequence[int] | None = None) -> list[list[Hypothesis]]:
   """The n-best lists of the first `count` rows of a decoded batch.
 
   tokens [rows, nbest, out_len], scores [rows, nbest], token_scores (optional)
-  [rows, nbest, out_len]; texts hold no line breakers.
+  [rows, nbest, out_len], prefix_lens (optional) per row; texts hold no line
+  breakers.
   """
-  return [[Hypothesis(text_io.one_line(tokenizer.decode(tokens[r, k])),
-                      float(scores[r, k]), _ids(tokens[r, k]),
-                      _token_scores(tokens[r, k], None if token_scores is None
-                                    else token_scores[r, k]))
-           for k in range(tokens.shape[1])] for r in range(count)]
+  def one(r, k):
+    row = tokens[r, k]
+    prefix = 0 if prefix_lens is None else min(prefix_lens[r],
+                                              int((row != tokenizer_lib.PAD_ID).sum()))
+    return Hypothesis(text_io.one_line(tokenizer.decode(row)), float(scores[r, k]),
+                      _ids(row), _token_scores(row, None if token_scores is None
+                                               else token_scores[r, k]), prefix)
+  return [[one(r, k) for k in range(tokens.shape[1])] for r in range(count)]
 
 
 def _check_sentences(**lists) -> None:
@@ -141,7 +153,8 @@ def inference_partitioner(config) -> Partitioner:
 
 # The optional decode settings a call may set (DecodeSettings fields).
 _RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-          "return_token_scores")
+          "return_token_scores", "num_samples", "sampling_topk", "sampling_topp",
+          "sampling_temperature", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,9 +251,11 @@ class Translator:
     """(settings, nbest) of one call: the defaults with the given values replacing them.
 
     `rules` are the optional DecodeSettings fields (min_decoding_length,
-    max_decoding_length, no_repeat_ngram_size, return_token_scores); None keeps the
-    default. Raises ValueError if a value is out of range (beam_size >= 1, 1 <=
-    nbest <= beam_size, finite alpha >= 0, `decoder.setting_problems`).
+    max_decoding_length, no_repeat_ngram_size, return_token_scores, and sampling:
+    num_samples, sampling_topk, sampling_topp, sampling_temperature, seed); None
+    keeps the default. When sampling, nbest is the number of samples. Raises
+    ValueError if a value is out of range (beam_size >= 1, 1 <= nbest <=
+    beam_size, finite alpha >= 0, `decoder.setting_problems`).
     """
     if unknown := set(rules) - set(_RULES):
       raise TypeError(f"Unknown decode options {sorted(unknown)}; expected some of"
@@ -251,7 +266,9 @@ class Translator:
     nbest = self.decoder.nbest if nbest is None else nbest
     if settings.beam_size < 1:
       raise ValueError(f"beam_size={settings.beam_size}: give 1 (greedy) or more.")
-    if not 1 <= nbest <= settings.beam_size:
+    if settings.samples:  # Every sample is returned, in the order drawn.
+      nbest = settings.samples
+    elif not 1 <= nbest <= settings.beam_size:
       raise ValueError(f"nbest={nbest} must be between 1 and beam_size="
                        f"{settings.beam_size}.")
     if not (math.isfinite(settings.alpha) and settings.alpha >= 0):
@@ -264,17 +281,21 @@ class Translator:
   def translate(self, texts: Sequence[str], *, beam_size: int | None = None,
                 alpha: float | None = None, nbest: int | None = None,
                 name: str = "<input>", first_line: int = 1, progress: bool = False,
-                **rules) -> list[Translation]:
+                target_prefix: Sequence | None = None, **rules
+                ) -> list[Translation]:
     """One Translation (text, ids, score, n-best list) per text, in order.
 
     `rules`: the optional decode settings, as `options` takes them (e.g.
-    no_repeat_ngram_size=3, return_token_scores=True). `name` labels warnings
-    (file:line); `first_line` numbers `texts[0]` in `name` when translating a file
-    in chunks.
+    no_repeat_ngram_size=3, return_token_scores=True). `target_prefix`: per text,
+    what its translation must start with, a string or token ids (None: nothing);
+    the hypotheses then carry token scores and `prefix_len`. `name` labels warnings (file:line); `first_line`
+    numbers `texts[0]` in `name` when translating a file in chunks.
     """
     _check_sentences(texts=texts)
     settings, nbest = self.options(beam_size, alpha, nbest, **rules)
     sources = bucketing.tokenize(texts, self.tokenizer, self.max_len, name, first_line)
+    if target_prefix is not None:
+      sources = with_prefixes(sources, target_prefix, self.tokenizer)
     outputs = [Translation([]) for _ in sources]  # Empty lines stay so.
     work = list(bucketing.batches(sources, self.batch_tokens))
     for batch, inputs in tqdm.tqdm(work, disable=not progress, file=sys.stderr,
@@ -301,18 +322,28 @@ class Translator:
 
   def _translations(self, sources: Sequence[Source], inputs: np.ndarray,
                     settings: DecodeSettings, nbest: int) -> list[Translation]:
-    """Decodes `inputs`, the padded batch of `sources`; one Translation per source."""
-    tokens, scores, *extra = self._decode(inputs, settings=settings, nbest=nbest)
+    """Decodes `inputs`, the padded batch of `sources`; one Translation per source.
+
+    Sources with a target prefix (`PrefixedSource`) have it forced."""
+    prefixes = [getattr(s, "prefix", []) for s in sources]
+    forced = {"prefix": prefixes} if any(prefixes) else {}
+    tokens, scores, *extra = self._decode(inputs, settings=settings, nbest=nbest,
+                                          **forced)
     token_scores = extra[0] if extra else None
     return [Translation(h, s.truncated) for s, h in zip(
         sources, hypotheses(tokens, scores, self.tokenizer, len(sources),
-                            token_scores))]
+                            token_scores, [len(p) for p in prefixes]))]
 
   # One prepared batch at a time, for callers that form their own batches.
 
-  def tokenize(self, texts: Sequence[str], name: str = "<request>") -> list[Source]:
-    """Sources as `translate_batch` takes them; cut to `max_len` (`truncated` set)."""
-    return bucketing.tokenize(texts, self.tokenizer, self.max_len, name)
+  def tokenize(self, texts: Sequence[str], name: str = "<request>",
+               target_prefix: Sequence | None = None) -> list[Source]:
+    """Sources as `translate_batch` takes them; cut to `max_len` (`truncated` set);
+    with `target_prefix` (one per text, None: none), `PrefixedSource`s."""
+    sources = bucketing.tokenize(texts, self.tokenizer, self.max_len, name)
+    if target_prefix is not None:
+      sources = with_prefixes(sources, target_prefix, self.tokenizer)
+    return sources
 
   def translate_batch(self, sources: Sequence[Source], length: int, rows: int,
                       settings: DecodeSettings, nbest: int) -> list[Translation]:

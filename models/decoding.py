@@ -47,12 +47,14 @@ def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
 
 
 def search_options(min_decoding_length: int | Array | None, no_repeat_ngram_size: int,
-                   return_token_scores: bool) -> SearchOptions:
+                   return_token_scores: bool, target_prefix: Array | None = None
+                   ) -> SearchOptions:
   """The search's optional rules from the decode arguments (None/0/False: off)."""
   min_len = (None if min_decoding_length is None
              else jnp.asarray(min_decoding_length, jnp.int32))
+  prefix = None if target_prefix is None else jnp.asarray(target_prefix, jnp.int32)
   return SearchOptions(min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
-                       token_scores=return_token_scores)
+                       token_scores=return_token_scores, prefix=prefix)
 
 
 def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
@@ -61,8 +63,8 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                 max_decode_len: int, nbest: int = 1, forced_len: int | None = None,
                 min_decoding_length: int | Array | None = None,
                 max_decoding_length: int | Array | None = None,
-                no_repeat_ngram_size: int = 0, return_token_scores: bool = False
-                ) -> Decoded:
+                no_repeat_ngram_size: int = 0, return_token_scores: bool = False,
+                target_prefix: Array | None = None) -> Decoded:
   """Translates source rows inputs [batch, src_len] (0-padded) into n-best lists.
 
   graphdef/params: `nnx.split(model)`. `alpha`, `max_len_a` and `max_len_b` are traced,
@@ -75,7 +77,8 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   `min_decoding_length` (traced; None: 1) bars EOS before that many tokens;
   `max_decoding_length` (traced) caps a * src_len + b; `no_repeat_ngram_size`
   (static) bars repeated n-grams; `return_token_scores` (static) fills
-  `Decoded.token_scores`.
+  `Decoded.token_scores`; `target_prefix` [batch, max_decode_len] (traced, pad
+  after each row's prefix) gives the tokens each output starts with.
   Compile it with `Partitioner.jit` (see `jit_beam_search`) so that it traces under
   the run's mesh and rules; `beam_search_jit` is the same without a mesh.
   """
@@ -109,7 +112,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
       eos_id=eos_id, pad_id=model.cfg.pad_id, nbest=nbest,
       suppress_eos=forced_len is not None,
       options=search_options(min_decoding_length, no_repeat_ngram_size,
-                             return_token_scores))
+                             return_token_scores, target_prefix))
 
 
 _STATIC = ("eos_id", "beam_size", "max_decode_len", "nbest", "forced_len",
@@ -137,8 +140,8 @@ def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                  beam_size: int, max_decode_len: int,
                  min_decoding_length: int | Array | None = None,
                  max_decoding_length: int | Array | None = None,
-                 no_repeat_ngram_size: int = 0, return_token_scores: bool = False
-                 ) -> Segment:
+                 no_repeat_ngram_size: int = 0, return_token_scores: bool = False,
+                 target_prefix: Array | None = None) -> Segment:
   """Encodes inputs [batch, src_len] and sets up the search; no step runs yet.
 
   The optional rules are `beam_search`'s."""
@@ -148,7 +151,7 @@ def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                         jnp.asarray(max_len_b, jnp.float32), max_decode_len, pad_id,
                         max_decoding_length)
   options = search_options(min_decoding_length, no_repeat_ngram_size,
-                           return_token_scores)
+                           return_token_scores, target_prefix)
   state = search.init_state(model.init_cache(batch, max_decode_len, beam_size),
                             batch=batch, beam_size=beam_size,
                             max_decode_len=max_decode_len, pad_id=pad_id,

@@ -23,8 +23,10 @@ Search rules, per sentence:
   then frozen, so the result does not depend on how long its batch mates run.
 
 Optional rules (models/search_rules.py, `SearchOptions`) bar EOS for longer, bar
-tokens that repeat an n-gram, or keep per-token log-probabilities; each is traced
-only when it is on.
+tokens that repeat an n-gram, keep per-token log-probabilities, or force each
+sentence's first tokens (a target prefix: while it lasts, the one live hypothesis
+takes its next token, scored by the model like any other); each is traced only
+when it is on.
 """
 from collections.abc import Callable
 import math
@@ -35,7 +37,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from models.search_rules import SearchOptions, eos_barred, repeated_ngram_mask
+from models.search_rules import (SearchOptions, eos_barred, force, forced_tokens,
+                                 repeated_ngram_mask)
 from parallel.sharding import logical_to_spec, with_logical_constraint
 
 Array = jax.Array
@@ -202,12 +205,13 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
   if options.no_repeat_ngram_size:
     barred = repeated_ngram_mask(state.alive_seqs, t, options.no_repeat_ngram_size,
                                  logits.shape[-1])  # [batch, beam, vocab]
+  forced = None if options.prefix is None else forced_tokens(options.prefix, t)
   # Named scopes label the ops in profiles (bench/decode_trace.py).
   with jax.named_scope("top_k"):
     top_logp, parent, token, token_logp = _best_expansions(
         logits, state.alive_logp, eos_id, pad_id,
         suppress_eos | eos_barred(t, options.min_len), barred,
-        options.token_scores)  # [batch, beam] each
+        options.token_scores, forced)  # [batch, beam] each
   with jax.named_scope("beam_bookkeeping"):
     state = _advance(state, top_logp, parent, token, max_len, alpha, eos_id,
                      token_logp)
@@ -217,7 +221,7 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
 
 def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
                      bar_eos: Array | bool, barred: Array | None = None,
-                     token_scores: bool = False
+                     token_scores: bool = False, forced: Array | None = None
                      ) -> tuple[Array, Array, Array, Array | None]:
   """The beam best (log-probability, parent, token, token log-probability or None)
   [batch, beam] of each sentence.
@@ -225,6 +229,7 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   logits [batch, beam, vocab] of the live hypotheses, whose log-probabilities are
   alive_logp [batch, beam]; EOS is not a candidate where `bar_eos` (traced) is true,
   nor a token where `barred` [batch, beam, vocab] (0 or -inf, added) is -inf.
+  A sentence with a `forced` [batch] token (pad: none) gets that token alone.
   """
   batch, beam, vocab = logits.shape
   # Exact two-stage top-k: the beam best of beam * vocab candidates are among each
@@ -247,6 +252,8 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   log_norm = shift + jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1, keepdims=True))
   is_barred = (row_tokens == pad_id) | ((row_tokens == eos_id) & bar_eos)
   row_logits = jnp.where(is_barred, NEG_INF, row_logits)
+  if forced is not None:
+    row_logits, row_tokens = force(row_logits, row_tokens, logits, forced, pad_id)
   row_logp = row_logits - log_norm  # [batch, beam, k]
   candidates = alive_logp[..., None] + row_logp
   top_logp, top_idx = top_k(candidates.reshape(batch, beam * k), beam)

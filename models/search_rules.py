@@ -1,4 +1,5 @@
-"""Optional rules of the beam search (models/search.py), off unless asked for.
+"""Optional rules of the beam search (models/search.py), off unless asked for:
+a minimum length, no repeated n-grams, per-token scores, a target prefix.
 
 `SearchOptions` holds them: traced values (new values reuse the compilation) and
 static switches (each setting is a program of its own). Its defaults trace nothing,
@@ -23,6 +24,32 @@ class SearchOptions:
   no_repeat_ngram_size: int = flax.struct.field(pytree_node=False, default=0)
   # Static: keep each hypothesis's per-token log-probabilities.
   token_scores: bool = flax.struct.field(pytree_node=False, default=False)
+  # [batch, max_decode_len] int32: tokens each output must start with, pad after
+  # them (a row of pad: no prefix). None: no sentence has one.
+  prefix: Array | None = None
+
+
+def forced_tokens(prefix: Array, t: Array) -> Array:
+  """[batch] int32: the prefix token each sentence must emit at step t (pad: none)."""
+  return jax.lax.dynamic_index_in_dim(prefix, t, axis=1, keepdims=False)
+
+
+def force(row_logits: Array, row_tokens: Array, logits: Array, forced: Array,
+          pad_id: int) -> tuple[Array, Array]:
+  """The candidates of sentences with a forced token: that token alone.
+
+  row_logits, row_tokens [batch, beam, k] are each hypothesis's candidates (best
+  first), logits [batch, beam, vocab] the step's; forced [batch] (pad: free). A
+  forced sentence's first candidate becomes the forced token with its own logit,
+  the others -inf; no rule bars it (the caller asked for it).
+  """
+  is_forced = (forced != pad_id)[:, None, None]  # [batch, 1, 1]
+  token = jnp.broadcast_to(forced[:, None, None], logits.shape[:2] + (1,))
+  logit = jnp.take_along_axis(logits, token, axis=2)  # [batch, beam, 1]
+  first = jnp.arange(row_logits.shape[-1]) == 0  # [k]
+  row_logits = jnp.where(is_forced, jnp.where(first, logit, NEG_INF), row_logits)
+  row_tokens = jnp.where(is_forced, jnp.where(first, token, row_tokens), row_tokens)
+  return row_logits, row_tokens
 
 
 def eos_barred(t: Array, min_len: Array | None) -> Array:

@@ -15,10 +15,12 @@ import pytest
 ctranslate2 = pytest.importorskip("ctranslate2")
 
 # pylint: disable=wrong-import-position
-from data.tokenizer import EOS_ID
+from data.tokenizer import EOS_ID, PAD_ID
 from inference import export
 from models import decoding
-from tests.test_export import as_pieces, ct2_translator, padded, random_rows, tiny_model
+from models import sampling
+from tests.test_export import (FIRST_WORD, as_pieces, ct2_translator, padded,
+                               random_rows, tiny_model)
 
 MAX_DECODE_LEN = 16
 
@@ -71,3 +73,44 @@ def test_greedy_tokens_and_token_scores_match_ctranslate2(setup, rules, options)
   if rules:  # The rule changed something, so the comparison tested it.
     plain = ours(model, sources)
     assert not np.array_equal(np.asarray(plain.tokens), np.asarray(out.tokens))
+
+
+def test_greedy_with_a_target_prefix_matches_ctranslate2(setup):
+  """Prefixes of 1-3 random words: CTranslate2's greedy output from the prefix is
+  ours, and its teacher-forced log-probabilities are our token scores, prefix
+  included."""
+  model, pieces, translator, sources = setup
+  rng = np.random.default_rng(3)
+  prefixes = [list(rng.integers(FIRST_WORD, model.cfg.vocab_size, rng.integers(1, 4)))
+              for _ in sources]
+  prefix = np.full((len(sources), MAX_DECODE_LEN), PAD_ID, np.int32)
+  for row, p in zip(prefix, prefixes):
+    row[:len(p)] = p
+  out = ours(model, sources, target_prefix=prefix, return_token_scores=True)
+  for i, (source, p) in enumerate(zip(sources, prefixes)):
+    tokens, length = np.asarray(out.tokens[i, 0]), int(out.lengths[i, 0])
+    assert tokens[:len(p)].tolist() == p
+    options = export.translate_options(pieces, beam_size=1,
+                                       max_decoding_length=len(source) + 4)
+    hyp = translator.translate_batch([as_pieces(source, pieces)],
+                                     target_prefix=[as_pieces(p, pieces)],
+                                     **options)[0].hypotheses[0]
+    assert hyp == as_pieces(tokens, pieces), i
+    log_probs = translator.score_batch([as_pieces(source, pieces)], [hyp])[0].log_probs
+    np.testing.assert_allclose(np.asarray(out.token_scores[i, 0, :length]),
+                               log_probs[:length], atol=1e-4)
+
+
+def test_top_1_sampling_matches_ctranslate2(setup):
+  """CTranslate2's sampling_topk=1 is greedy, whatever the temperature; so is ours."""
+  model, pieces, translator, sources = setup
+  graphdef, params = nnx.split(model, nnx.Param)
+  out = sampling.sample_jit(graphdef, params, jnp.asarray(padded(sources)), 0.0, 1.0,
+                            4.0, 0.5, 1.0, np.uint32(1), eos_id=EOS_ID,
+                            max_decode_len=MAX_DECODE_LEN, topk=1)
+  for i, source in enumerate(sources):
+    options = export.translate_options(pieces, beam_size=1,
+                                       max_decoding_length=len(source) + 4)
+    hyp = translator.translate_batch([as_pieces(source, pieces)], sampling_topk=1,
+                                     sampling_temperature=0.5, **options)[0]
+    assert hyp.hypotheses[0] == as_pieces(np.asarray(out.tokens[i, 0]), pieces), i

@@ -15,13 +15,15 @@ from inference.decoder import DecodeSettings
 from inference.decoder import Decoder
 from inference.decoder import setting_problems
 from models import decoding
+from models import sampling
 from models import search
 from models.search_rules import SearchOptions
 from models.search_rules import repeated_ngram_mask
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
-from tests.test_decoding import (EOS, MAX_DECODE_LEN, PAD_ID, SENTENCE, NEIGHBOURS,
-                                 log_probs, penalty, sources, tiny_model)
+from tests.test_decoding import (EOS, FIRST_WORD, MAX_DECODE_LEN, NEIGHBOURS,
+                                 PAD_ID, SENTENCE, log_probs, penalty, sources,
+                                 tiny_model)
 from tests.test_search import VOCAB, bigram_step
 
 PAD = 0
@@ -184,3 +186,117 @@ def test_segmented_search_with_rules_matches_the_one_call_search(parts, settings
 def test_bad_rules_are_named(fields, bad):
   assert [f for f, _ in setting_problems(DecodeSettings(**fields))] == [bad]
   assert not setting_problems(DecodeSettings())
+
+
+def test_a_prefix_is_forced_and_scored_by_the_model():
+  """Stub: the forced tokens come first whatever the model prefers, each scored by
+  its log-probability; after the prefix the search is free (brute force over the
+  continuations of the prefix)."""
+  table = np.random.RandomState(5).normal(size=(VOCAB, VOCAB))
+  prefix = jnp.array([[4, 4, PAD, PAD]], jnp.int32)
+  out = stub_search(table, beam=27, max_len=4, alpha=0.6, nbest=3,
+                    options=SearchOptions(prefix=prefix, token_scores=True))
+  got = nbest(out)
+  expected = [(s, q) for s, q in brute_force(table, 4, 0.6, 10**6) if q[:2] == (4, 4)]
+  assert [q for _, q in got] == [q for _, q in expected[:3]]
+  np.testing.assert_allclose([s for s, _ in got], [s for s, _ in expected[:3]],
+                             rtol=1e-5)
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table, jnp.float32)))
+  np.testing.assert_allclose(np.asarray(out.token_scores)[0, 0, :2],
+                             [logp[PAD, 4], logp[4, 4]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_our_best_outputs_first_tokens_as_prefix_give_that_output(parts, beam):
+  """Greedy: exactly (the continuation of a prefix is the same argmax chain). Beam:
+  the prefixed search keeps only the prefix's descendants, among which the
+  unconstrained best was found; on these sentences it finds it again."""
+  graphdef, params = parts
+  inputs = sources(6, [6, 2, 9, 4], 9)
+  call = lambda **kw: decoding.beam_search_jit(
+      graphdef, params, inputs, 0.6, 1.0, 2.0, eos_id=EOS, beam_size=beam, nbest=1,
+      max_decode_len=MAX_DECODE_LEN, **kw)
+  free = call()
+  tokens, lengths = np.asarray(free.tokens[:, 0]), np.asarray(free.lengths[:, 0])
+  for k in (1, 2, 4):
+    prefix = np.where(np.arange(MAX_DECODE_LEN) < np.minimum(k, lengths - 1)[:, None],
+                      tokens, PAD_ID)
+    forced = call(target_prefix=prefix, return_token_scores=True)
+    np.testing.assert_array_equal(np.asarray(forced.tokens[:, 0]), tokens)
+    np.testing.assert_allclose(np.asarray(forced.scores), np.asarray(free.scores),
+                               atol=1e-5)
+  other = np.full_like(prefix, PAD_ID)
+  other[:, :2] = FIRST_WORD + 3  # A prefix the model would not choose.
+  forced = call(target_prefix=other)
+  assert np.all(np.asarray(forced.tokens[:, 0, :2]) == FIRST_WORD + 3)
+
+
+def test_segmented_search_with_prefixes_matches_the_one_call_search(parts):
+  graphdef, params = parts
+  partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
+  s = DecodeSettings(beam_size=4, alpha=0.6, max_len_a=1.0, max_len_b=2.0)
+  batch = np.insert(NEIGHBOURS, 5, np.pad(SENTENCE, (0, 5)), axis=0)
+  prefix = [[FIRST_WORD + i] * (i % 3) for i in range(len(batch))]  # Some empty.
+  got, expected = (Decoder(partitioner, s, max_len=MAX_DECODE_LEN, nbest=2,
+                           compact=compact).bind(graphdef, params)(batch, prefix=prefix)
+                   for compact in (True, False))
+  assert len(got) == 3  # Token scores come with a prefix.
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  for row, p in zip(got[0][:, 0], prefix):
+    assert row[:len(p)].tolist() == p
+
+
+def _sample(parts, inputs, **kw):
+  graphdef, params = parts
+  args = dict(alpha=0.6, max_len_a=1.0, max_len_b=2.0, temperature=1.0, topp=1.0,
+              seed=np.uint32(7))
+  args.update({k: kw.pop(k) for k in list(kw) if k in args})
+  return sampling.sample_jit(graphdef, params, inputs, args["alpha"], args["max_len_a"],
+                             args["max_len_b"], args["temperature"], args["topp"],
+                             args["seed"], eos_id=EOS, max_decode_len=MAX_DECODE_LEN,
+                             **kw)
+
+
+def test_top_1_sampling_is_greedy_search(parts):
+  graphdef, params = parts
+  inputs = sources(7, [6, 2, 9, 4], 9)
+  greedy = decoding.beam_search_jit(graphdef, params, inputs, 0.6, 1.0, 2.0,
+                                    eos_id=EOS, beam_size=1,
+                                    max_decode_len=MAX_DECODE_LEN)
+  for kw in (dict(topk=1), dict(topk=0, topp=1e-6)):  # A nucleus of one token too.
+    drawn = _sample(parts, inputs, num_samples=2, temperature=0.7, **kw)
+    for s in range(2):
+      np.testing.assert_array_equal(np.asarray(drawn.tokens[:, s]),
+                                    np.asarray(greedy.tokens[:, 0]))
+      np.testing.assert_allclose(np.asarray(drawn.scores[:, s]),
+                                 np.asarray(greedy.scores[:, 0]), atol=1e-5)
+
+
+def test_samples_are_reproducible_and_independent_of_the_batch(parts):
+  inputs = sources(8, [6, 2, 9, 4, 7], 9)
+  first = _sample(parts, inputs, num_samples=3, topk=8, return_token_scores=True)
+  again = _sample(parts, inputs, num_samples=3, topk=8, return_token_scores=True)
+  np.testing.assert_array_equal(np.asarray(first.tokens), np.asarray(again.tokens))
+  tokens = np.asarray(first.tokens)
+  assert len({tuple(t.ravel()) for t in tokens[1]}) > 1  # Samples differ.
+  # Row 2 alone, padded wider, and among other sentences in another order.
+  alone = _sample(parts, np.pad(inputs[2:3], ((0, 0), (0, 3))), num_samples=3, topk=8)
+  mixed = _sample(parts, inputs[[4, 2, 0]], num_samples=3, topk=8)
+  np.testing.assert_array_equal(np.asarray(alone.tokens[0]), tokens[2])
+  np.testing.assert_array_equal(np.asarray(mixed.tokens[1]), tokens[2])
+  other_seed = _sample(parts, inputs, num_samples=3, topk=8, seed=np.uint32(8))
+  assert not np.array_equal(np.asarray(other_seed.tokens), tokens)
+  sums = np.asarray(first.token_scores).sum(-1) / penalty(np.asarray(first.lengths), 0.6)
+  np.testing.assert_allclose(sums, np.asarray(first.scores), atol=1e-5)
+  for row, n in zip(tokens.reshape(-1, MAX_DECODE_LEN), np.asarray(first.lengths).ravel()):
+    assert PAD_ID not in row[:n].tolist() and EOS not in row[:1].tolist()
+
+
+def test_top_k_and_nucleus_filters_by_hand():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  keep = lambda **kw: np.isfinite(np.asarray(sampling.filter_logits(logits, **kw)))[0]
+  assert keep(topk=2, topp=jnp.float32(1), temperature=1.0).tolist() == [1, 1, 0, 0]
+  assert keep(topk=0, topp=jnp.float32(0.7), temperature=1.0).tolist() == [1, 1, 0, 0]
+  assert keep(topk=0, topp=jnp.float32(0.5), temperature=1.0).tolist() == [1, 0, 0, 0]
+  assert keep(topk=0, topp=jnp.float32(0.81), temperature=1.0).tolist() == [1, 1, 1, 0]

@@ -135,3 +135,105 @@ def test_infer_writes_token_scores_and_refuses_bad_flags(workdir, translator):
                stdin=b"a\n")
   assert bad.returncode != 0
   assert "--min_decoding_length=9: must be <= max_decoding_length" in bad.stderr.decode()
+
+
+def test_a_prefix_of_our_own_output_gives_that_output(translator):
+  """Its first k token ids (a text would be tokenized anew, maybe otherwise)."""
+  free = translator.translate(TEXTS, beam_size=1)
+  for k in (1, 3):
+    prefixes = [list(r.ids[:k]) or None for r in free]
+    forced = translator.translate(TEXTS, beam_size=1, target_prefix=prefixes)
+    for f, r in zip(forced, free):
+      assert f.ids == r.ids and (f.score or 0) == pytest.approx(r.score or 0,
+                                                                abs=1e-4)
+      if f.nbest:
+        h = f.nbest[0]
+        assert h.prefix_len == min(k, len(h.ids))
+        assert h.prefix_score == pytest.approx(sum(h.token_scores[:h.prefix_len]))
+  other = translator.translate(["Two dogs play."], target_prefix=["Le chat"])[0]
+  assert other.text.startswith("Le chat")
+  with pytest.raises(ValueError, match="one per text"):
+    translator.translate(TEXTS, target_prefix=["a"])
+
+
+def test_server_takes_target_prefixes(served, translator):
+  prefixes = [None, None, "Le chat", "Salut"]
+  status, body = _post(served.url + "/v1/translate",
+                       {"text": TEXTS, "target_prefix": prefixes})
+  assert status == 200, body
+  want = translator.translate(TEXTS, target_prefix=prefixes)
+  for got, w, p in zip(body["translations"], want, prefixes):
+    assert got["text"] == w.text and got["tokens"] == list(w.ids)
+    assert got.get("prefix_tokens", 0) == (w.nbest[0].prefix_len if w.nbest else 0)
+    assert bool(got.get("prefix_tokens")) == bool(p and w.nbest)
+  status, body = _post(served.url + "/v1/translate",
+                       {"text": TEXTS, "target_prefix": ["a"]})
+  assert status == 400 and "one per" in body["error"], body
+
+
+@pytest.mark.slow
+def test_infer_takes_prefixes_from_a_file_or_the_input(workdir, translator, tmp_path):
+  prefixes = ["", "", "Le chat", "Salut"]
+  want = [t.text for t in translator.translate(TEXTS, beam_size=2,
+                                               target_prefix=prefixes)]
+  (tmp_path / "src").write_text("".join(t + "\n" for t in TEXTS))
+  (tmp_path / "prefix").write_text("".join(p + "\n" for p in prefixes))
+  args = ("--mode=translate", f"--workdir={workdir}", "--max_source_len=16",
+          "--batch_tokens=32", "--beam_size=2")
+  run = _infer(*args, f"--input={tmp_path / 'src'}",
+               f"--target_prefix={tmp_path / 'prefix'}")
+  assert run.returncode == 0, run.stderr.decode()[-3000:]
+  assert run.stdout.decode().splitlines() == want
+  tabbed = "".join(f"{t}\t{p}\n" if p else t + "\n" for t, p in zip(TEXTS, prefixes))
+  run = _infer(*args, "--prefix_in_input", stdin=tabbed.encode())
+  assert run.returncode == 0, run.stderr.decode()[-3000:]
+  assert run.stdout.decode().splitlines() == want
+  (tmp_path / "short").write_text("x\n")
+  bad = _infer(*args, f"--input={tmp_path / 'src'}",
+               f"--target_prefix={tmp_path / 'short'}")
+  assert bad.returncode != 0 and "differ in length" in bad.stderr.decode()
+
+
+def test_sampling_is_seeded_reproducible_and_top_1_is_greedy(translator):
+  options = dict(num_samples=3, sampling_topk=20, sampling_temperature=1.2, seed=5)
+  first = translator.translate(TEXTS, **options)
+  assert [len(t.nbest) for t in first] == [3, 0, 3, 3]
+  assert first == translator.translate(TEXTS, **options)
+  shuffled = translator.translate(TEXTS[::-1] + ["Other words here."], **options)
+  assert shuffled[:4][::-1] == first  # Batch composition changes no sample.
+  assert translator.translate(TEXTS, **{**options, "seed": 6}) != first
+  greedy = translator.translate(TEXTS, beam_size=1)
+  top1 = translator.translate(TEXTS, sampling_topk=1)
+  assert [t.ids for t in top1] == [t.ids for t in greedy]
+  with pytest.raises(ValueError, match="sampling_topp=0.0 must be a number in"):
+    translator.translate(["a"], sampling_topp=0.0)
+  with pytest.raises(ValueError, match="sampling_temperature"):
+    translator.translate(["a"], sampling_temperature=-1.0)
+
+
+def test_server_samples_like_the_translator(served, translator):
+  request = {"text": TEXTS, "num_samples": 2, "sampling_topp": 0.9, "seed": 3}
+  status, body = _post(served.url + "/v1/translate", request)
+  assert status == 200, body
+  want = translator.translate(TEXTS, num_samples=2, sampling_topp=0.9, seed=3)
+  for got, w in zip(body["translations"], want):
+    assert [h["tokens"] for h in got.get("nbest", [])] == [list(h.ids) for h in w.nbest]
+  status, body = _post(served.url + "/v1/translate",
+                       {"text": ["a"], "sampling_temperature": 0})
+  assert status == 400 and "sampling_temperature" in body["error"], body
+
+
+@pytest.mark.slow
+def test_infer_samples_and_top_1_is_the_greedy_output(workdir):
+  args = ("--mode=translate", f"--workdir={workdir}", "--max_source_len=16",
+          "--batch_tokens=32")
+  stdin = "".join(t + "\n" for t in TEXTS).encode()
+  greedy = _infer(*args, "--beam_size=1", stdin=stdin)
+  top1 = _infer(*args, "--sampling_topk=1", stdin=stdin)
+  assert greedy.returncode == top1.returncode == 0, top1.stderr.decode()[-3000:]
+  assert top1.stdout == greedy.stdout
+  two = _infer(*args, "--num_samples=2", "--seed=4", stdin=stdin)
+  assert two.returncode == 0, two.stderr.decode()[-3000:]
+  lines = two.stdout.decode().splitlines()
+  assert [len(l.split("\t")) for l in lines] == [4, 1, 4, 4]
+  assert _infer(*args, "--num_samples=2", "--seed=4", stdin=stdin).stdout == two.stdout
