@@ -300,3 +300,17 @@ def test_top_k_and_nucleus_filters_by_hand():
   assert keep(topk=0, topp=jnp.float32(0.7), temperature=1.0).tolist() == [1, 1, 0, 0]
   assert keep(topk=0, topp=jnp.float32(0.5), temperature=1.0).tolist() == [1, 0, 0, 0]
   assert keep(topk=0, topp=jnp.float32(0.81), temperature=1.0).tolist() == [1, 1, 1, 0]
+
+
+def test_sampling_keeps_the_rules_a_prefix_and_a_minimum_length(parts):
+  inputs = sources(9, [6, 2, 9], 9)
+  prefix = np.full((3, MAX_DECODE_LEN), PAD_ID, np.int32)
+  prefix[:, :2] = [FIRST_WORD + 1, FIRST_WORD + 2]
+  out = _sample(parts, inputs, num_samples=2, topk=5, target_prefix=prefix,
+                min_decoding_length=np.int32(4), no_repeat_ngram_size=1,
+                return_token_scores=True)
+  tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  assert np.all(tokens[..., :2] == [FIRST_WORD + 1, FIRST_WORD + 2])
+  for row, n in zip(tokens.reshape(-1, MAX_DECODE_LEN), lengths.ravel()):
+    words = row[:n][row[:n] != EOS].tolist()
+    assert len(words) >= 4 and len(set(words)) == len(words)  # No token twice.
