@@ -90,7 +90,8 @@ def _translate():
                          " choose one.")
   name = text_io.display_name(_INPUT.value)
   translator = _translator()
-  nbest, token_scores = flags.FLAGS.nbest, flags.FLAGS.return_token_scores
+  nbest = flags.FLAGS.nbest
+  token_scores = flags.FLAGS.return_token_scores or flags.FLAGS.return_alternatives
   with contextlib.ExitStack() as stack:
     lines = stack.enter_context(text_io.open_input(_INPUT.value))
     prefix_lines = (stack.enter_context(text_io.open_input(_TARGET_PREFIX.value))

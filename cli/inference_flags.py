@@ -32,7 +32,8 @@ from storage import layout
 FLAGS = flags.FLAGS
 _DECODE_FIELDS = ("beam_size", "alpha", "max_len_a", "max_len_b",
                   "min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-                  "return_token_scores", "num_samples", "sampling_topk",
+                  "return_token_scores", "return_alternatives", "num_samples",
+                  "sampling_topk",
                   "sampling_topp", "sampling_temperature", "seed")
 
 
@@ -144,6 +145,11 @@ def define_translator(batch_tokens: bool = True) -> None:
   flags.DEFINE_boolean("return_token_scores", False, "Write each hypothesis as"
                        " hyp<TAB>score<TAB>token log-probabilities (space-separated,"
                        " EOS's last when the output ends with it).")
+  flags.DEFINE_integer("return_alternatives", 0, "With the token scores, the N"
+                       " likeliest tokens at each position of each hypothesis, as a"
+                       " further field: id:logp,id:logp,... per position,"
+                       " space-separated (0: none).", lower_bound=0,
+                       upper_bound=decoder_lib.MAX_ALTERNATIVES)
   define_sampling()
   if batch_tokens:
     flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.",

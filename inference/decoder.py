@@ -23,10 +23,12 @@ from parallel.sharding import Partitioner
 # `Decoder._segmented`); smaller ones run the search in one call.
 MIN_ROWS_TO_COMPACT = 4
 MAX_SAMPLES = 64  # Samples per sentence at most: each is a row of the batch.
+MAX_ALTERNATIVES = 32  # Alternatives per position at most.
 
 # decode(inputs [batch, src_len] int32) -> (tokens [batch, nbest, out_len],
 #                                           scores [batch, nbest]), followed by
-# token_scores [batch, nbest, out_len] when the settings ask for them.
+# token_scores [batch, nbest, out_len] and alternative tokens and scores [batch,
+# nbest, out_len, alternatives] when the settings ask for them.
 DecodeFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
@@ -42,6 +44,8 @@ class DecodeSettings:
   max_decoding_length: int | None = None  # Caps a * source_len + b (None: no cap).
   no_repeat_ngram_size: int = 0  # No n-gram of this size twice in an output (0: off).
   return_token_scores: bool = False  # Each hypothesis's per-token log-probabilities.
+  return_alternatives: int = 0  # ...and its likeliest tokens at each position (with
+  # the token scores).
   # Sampling instead of the beam search (models/sampling.py): on when num_samples
   # > 0 or any other sampling field leaves its default (then one sample).
   num_samples: int = 0  # Outputs drawn per sentence (beam_size is then unused).
@@ -86,8 +90,10 @@ class DecodeSettings:
       options["max_decoding_length"] = np.int32(self.max_decoding_length)
     if self.no_repeat_ngram_size:
       options["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-    if self.return_token_scores:
+    if self.return_token_scores or self.return_alternatives:  # Together, always.
       options["return_token_scores"] = True
+    if self.return_alternatives:
+      options["return_alternatives"] = self.return_alternatives
     return options
 
 
@@ -109,6 +115,10 @@ def setting_problems(s: DecodeSettings) -> list[tuple[str, str]]:
     problems.append(("no_repeat_ngram_size", "an integer >= 0 (0: off)"))
   if not isinstance(s.return_token_scores, bool):
     problems.append(("return_token_scores", "true or false"))
+  if not count(s.return_alternatives, 0) or s.return_alternatives > MAX_ALTERNATIVES:
+    problems.append(("return_alternatives", f"an integer in [0, {MAX_ALTERNATIVES}]"))
+  elif s.return_alternatives and s.samples:
+    problems.append(("return_alternatives", "0 when sampling (beam search only)"))
   if not count(s.num_samples, 0) or s.num_samples > MAX_SAMPLES:
     problems.append(("num_samples", f"an integer in [0, {MAX_SAMPLES}] (0: beam"
                      " search)"))
@@ -170,12 +180,15 @@ def _stop_at_live(rows: int, row_multiple: int = 1) -> int:
 
 
 _BEGIN_STATIC = ("beam_size", "max_decode_len", "no_repeat_ngram_size",
-                 "return_token_scores")
+                 "return_token_scores", "return_alternatives")
 
 
-def _outputs(s: DecodeSettings) -> tuple[str, ...]:
+def output_names(s: DecodeSettings) -> tuple[str, ...]:
   """The `Decoded` fields a decode call returns, in order."""
-  return ("tokens", "scores") + (("token_scores",) if s.return_token_scores else ())
+  scored = s.return_token_scores or s.return_alternatives
+  return (("tokens", "scores") + (("token_scores",) if scored else ())
+          + (("alternative_tokens", "alternative_scores") if s.return_alternatives
+             else ()))
 
 
 class Decoder:
@@ -225,7 +238,11 @@ class Decoder:
     found = {"tokens": np.full((rows, nbest, max_decode_len), tokenizer_lib.PAD_ID,
                                np.int32),
              "scores": np.full((rows, nbest), -np.inf, np.float32),
-             "token_scores": np.zeros((rows, nbest, max_decode_len), np.float32)}
+             "token_scores": np.zeros((rows, nbest, max_decode_len), np.float32),
+           "alternative_tokens": np.zeros((rows, nbest, max_decode_len,
+                                           s.return_alternatives), np.int32),
+           "alternative_scores": np.zeros((rows, nbest, max_decode_len,
+                                           s.return_alternatives), np.float32)}
     segment = self._begin(graphdef, params, global_batch(self.partitioner, inputs),
                           float(s.max_len_a), float(s.max_len_b),
                           beam_size=s.beam_size, max_decode_len=max_decode_len,
@@ -240,12 +257,12 @@ class Decoder:
       live = np.asarray(live)
       done = np.flatnonzero(~live & (origin >= 0))
       if done.size:
-        for name in _outputs(s):
+        for name in output_names(s):
           found[name][origin[done]] = np.asarray(getattr(out, name))[done]
         origin[done] = -1
       keep = np.flatnonzero(live)
       if not keep.size:
-        return tuple(found[name] for name in _outputs(s))
+        return tuple(found[name] for name in output_names(s))
       # Half the rows, whatever fewer are live: a next segment with fewer live
       # sentences than its half stops before its first step, so one gather per
       # halving is all there is to compile. Padding rows repeat a done sentence:
@@ -287,7 +304,7 @@ class Decoder:
                        topk=s.sampling_topk, **options)
     return tuple(multihost_utils.process_allgather(getattr(out, name),
                                                    tiled=True)[:rows]
-                 for name in _outputs(s))
+                 for name in output_names(s))
 
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
     """decode(inputs, settings=None, nbest=None, warmup=False, prefix=None); None:
@@ -333,5 +350,5 @@ class Decoder:
       # Every process gets back all rows (multi-host).
       return tuple(multihost_utils.process_allgather(getattr(out, name),
                                                      tiled=True)[:rows]
-                   for name in _outputs(s))
+                   for name in output_names(s))
     return decode

@@ -3,11 +3,13 @@
   POST /v1/translate {"text": [...], "beam_size"?, "alpha"?, "nbest"?,
                       "min_decoding_length"?, "max_decoding_length"?,
                       "no_repeat_ngram_size"?, "return_token_scores"?,
+                      "return_alternatives"?,
                       "num_samples"?, "sampling_topk"?, "sampling_topp"?,
                       "sampling_temperature"?, "seed"?,
                       "target_prefix"?: [str | null, ...] (one per text)}
        -> {"translations": [{"text", "score", "tokens", "truncated", "nbest"?,
-                             "token_scores"?, "prefix_tokens"?}, ...]}
+                             "token_scores"?, "prefix_tokens"?,
+                             "alternatives"?}, ...]}
   POST /v1/score     {"source": [...], "target": [...]}
        -> {"scores": [{"score", "tokens", "token_scores", "truncated"}, ...]}
   GET  /v1/models    the model served: name, step, parameters, decode defaults, limits
@@ -90,6 +92,9 @@ def _translation_json(t: Translation, nbest: int, token_scores: bool = False) ->
       out["token_scores"] = list(h.token_scores)
     if h.prefix_len:  # The first tokens, given as the target prefix.
       out["prefix_tokens"] = h.prefix_len
+    if h.alternatives:
+      out["alternatives"] = [[{"token": i, "score": x} for i, x in position]
+                             for position in h.alternatives]
     return out
 
   out = {**(hypothesis(t.nbest[0]) if t.nbest else hypothesis(Hypothesis("", None))),
@@ -198,7 +203,7 @@ class _State:
 _STATE = web.AppKey("state", _State)
 # The optional decode settings a translate request may set (DecodeSettings fields).
 _RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-          "return_token_scores", "num_samples", "sampling_topk", "sampling_topp",
+          "return_token_scores", "return_alternatives", "num_samples", "sampling_topk", "sampling_topp",
           "sampling_temperature", "seed")
 _FLOAT_RULES = ("sampling_topp", "sampling_temperature")
 
@@ -212,6 +217,7 @@ async def _translate(request: web.Request) -> web.Response:
   beam = request_parsing.number(body, "beam_size", int, config.max_beam_size)
   longest = state.translator.decoder.max_len  # No output is longer.
   limits = {"num_samples": decoder_lib.MAX_SAMPLES, "seed": 2**32 - 1,
+            "return_alternatives": decoder_lib.MAX_ALTERNATIVES,
             "sampling_topk": state.translator.tokenizer.vocab_size,
             "sampling_topp": 1.0, "sampling_temperature": 100.0}
   rules = {field: request_parsing.number(
@@ -235,7 +241,9 @@ async def _translate(request: web.Request) -> web.Response:
   for source, result in zip(todo, results):
     translations[source.line - 1] = result
   return web.json_response({"translations": [
-      _translation_json(t, nbest, settings.return_token_scores) for t in translations]})
+      _translation_json(t, nbest, settings.return_token_scores
+                        or bool(settings.return_alternatives))
+      for t in translations]})
 
 
 async def _score_handler(request: web.Request) -> web.Response:

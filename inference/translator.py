@@ -50,6 +50,9 @@ class Hypothesis:
   # the length penalty of their count is `score`. Empty unless asked for.
   token_scores: tuple[float, ...] = ()
   prefix_len: int = 0  # The first tokens of `ids` that were the given target prefix.
+  # Per position (as token_scores), the likeliest (token id, log-probability)
+  # pairs there, given the tokens before it. Empty unless asked for.
+  alternatives: tuple[tuple[tuple[int, float], ...], ...] = ()
 
   @property
   def prefix_score(self) -> float | None:
@@ -83,14 +86,19 @@ class Translation:
     """The output line: the best text, or `hyp1<TAB>score1<TAB>hyp2...` (nbest > 1).
 
     With `token_scores` every hypothesis is `hyp<TAB>score<TAB>token scores`
-    (space-separated), also for nbest 1.
+    (space-separated), also for nbest 1, followed by `<TAB>alternatives` when the
+    hypotheses have them.
     """
+    token_scores = token_scores or any(h.alternatives for h in self.nbest)
     if nbest == 1 and not token_scores:
       return self.text
 
     def fields(h: Hypothesis) -> str:
       extra = ("\t" + " ".join(f"{x:.4f}" for x in h.token_scores)
                if token_scores else "")
+      if h.alternatives:  # id:logp,id:logp per position, positions space-separated.
+        extra += "\t" + " ".join(",".join(f"{i}:{x:.4f}" for i, x in position)
+                                 for position in h.alternatives)
       return f"{h.text}\t{h.score:.4f}{extra}"
     return "\t".join(fields(h) for h in self.nbest[:nbest])
 
@@ -110,22 +118,37 @@ def _token_scores(row: np.ndarray, values: np.ndarray | None) -> tuple[float, ..
   return tuple(float(x) for x in values[:int((row != tokenizer_lib.PAD_ID).sum())])
 
 
+def _alternatives(row: np.ndarray, tokens: np.ndarray | None,
+                  scores: np.ndarray | None) -> tuple:
+  """Per position of a decoded row, its (token id, log-probability) alternatives."""
+  if tokens is None:
+    return ()
+  n = int((row != tokenizer_lib.PAD_ID).sum())
+  return tuple(tuple((int(i), float(x)) for i, x in zip(tokens[p], scores[p]))
+               for p in range(n))
+
+
 def hypotheses(tokens: np.ndarray, scores: np.ndarray, tokenizer, count: int,
                token_scores: np.ndarray | None = None,
-               prefix_lens: Sequence[int] | None = None) -> list[list[Hypothesis]]:
+               prefix_lens: Sequence[int] | None = None,
+               alternatives: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> list[list[Hypothesis]]:
   """The n-best lists of the first `count` rows of a decoded batch.
 
   tokens [rows, nbest, out_len], scores [rows, nbest], token_scores (optional)
-  [rows, nbest, out_len], prefix_lens (optional) per row; texts hold no line
-  breakers.
+  [rows, nbest, out_len], prefix_lens (optional) per row, alternatives (optional)
+  tokens and scores [rows, nbest, out_len, n]; texts hold no line breakers.
   """
   def one(r, k):
     row = tokens[r, k]
     prefix = 0 if prefix_lens is None else min(prefix_lens[r],
                                               int((row != tokenizer_lib.PAD_ID).sum()))
+    alt = (None, None) if alternatives is None else (alternatives[0][r, k],
+                                                     alternatives[1][r, k])
     return Hypothesis(text_io.one_line(tokenizer.decode(row)), float(scores[r, k]),
                       _ids(row), _token_scores(row, None if token_scores is None
-                                               else token_scores[r, k]), prefix)
+                                               else token_scores[r, k]), prefix,
+                      _alternatives(row, *alt))
   return [[one(r, k) for k in range(tokens.shape[1])] for r in range(count)]
 
 
@@ -153,7 +176,7 @@ def inference_partitioner(config) -> Partitioner:
 
 # The optional decode settings a call may set (DecodeSettings fields).
 _RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-          "return_token_scores", "num_samples", "sampling_topk", "sampling_topp",
+          "return_token_scores", "return_alternatives", "num_samples", "sampling_topk", "sampling_topp",
           "sampling_temperature", "seed")
 
 
@@ -327,12 +350,16 @@ class Translator:
     Sources with a target prefix (`PrefixedSource`) have it forced."""
     prefixes = [getattr(s, "prefix", []) for s in sources]
     forced = {"prefix": prefixes} if any(prefixes) else {}
-    tokens, scores, *extra = self._decode(inputs, settings=settings, nbest=nbest,
-                                          **forced)
-    token_scores = extra[0] if extra else None
+    out = self._decode(inputs, settings=settings, nbest=nbest, **forced)
+    if forced:  # A prefixed search returns token scores too.
+      settings = dataclasses.replace(settings, return_token_scores=True)
+    found = dict(zip(decoder_lib.output_names(settings), out))
+    alternatives = (None if "alternative_tokens" not in found else
+                    (found["alternative_tokens"], found["alternative_scores"]))
     return [Translation(h, s.truncated) for s, h in zip(
-        sources, hypotheses(tokens, scores, self.tokenizer, len(sources),
-                            token_scores, [len(p) for p in prefixes]))]
+        sources, hypotheses(found["tokens"], found["scores"], self.tokenizer,
+                            len(sources), found.get("token_scores"),
+                            [len(p) for p in prefixes], alternatives))]
 
   # One prepared batch at a time, for callers that form their own batches.
 

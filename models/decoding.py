@@ -47,14 +47,15 @@ def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
 
 
 def search_options(min_decoding_length: int | Array | None, no_repeat_ngram_size: int,
-                   return_token_scores: bool, target_prefix: Array | None = None
-                   ) -> SearchOptions:
+                   return_token_scores: bool, target_prefix: Array | None = None,
+                   return_alternatives: int = 0) -> SearchOptions:
   """The search's optional rules from the decode arguments (None/0/False: off)."""
   min_len = (None if min_decoding_length is None
              else jnp.asarray(min_decoding_length, jnp.int32))
   prefix = None if target_prefix is None else jnp.asarray(target_prefix, jnp.int32)
   return SearchOptions(min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
-                       token_scores=return_token_scores, prefix=prefix)
+                       token_scores=return_token_scores, prefix=prefix,
+                       alternatives=return_alternatives)
 
 
 def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
@@ -64,7 +65,8 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                 min_decoding_length: int | Array | None = None,
                 max_decoding_length: int | Array | None = None,
                 no_repeat_ngram_size: int = 0, return_token_scores: bool = False,
-                target_prefix: Array | None = None) -> Decoded:
+                target_prefix: Array | None = None, return_alternatives: int = 0
+                ) -> Decoded:
   """Translates source rows inputs [batch, src_len] (0-padded) into n-best lists.
 
   graphdef/params: `nnx.split(model)`. `alpha`, `max_len_a` and `max_len_b` are traced,
@@ -78,7 +80,9 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   `max_decoding_length` (traced) caps a * src_len + b; `no_repeat_ngram_size`
   (static) bars repeated n-grams; `return_token_scores` (static) fills
   `Decoded.token_scores`; `target_prefix` [batch, max_decode_len] (traced, pad
-  after each row's prefix) gives the tokens each output starts with.
+  after each row's prefix) gives the tokens each output starts with;
+  `return_alternatives` (static) fills `Decoded.alternative_*` with that many
+  likeliest tokens at each position.
   Compile it with `Partitioner.jit` (see `jit_beam_search`) so that it traces under
   the run's mesh and rules; `beam_search_jit` is the same without a mesh.
   """
@@ -112,11 +116,12 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
       eos_id=eos_id, pad_id=model.cfg.pad_id, nbest=nbest,
       suppress_eos=forced_len is not None,
       options=search_options(min_decoding_length, no_repeat_ngram_size,
-                             return_token_scores, target_prefix))
+                             return_token_scores, target_prefix,
+                             return_alternatives))
 
 
 _STATIC = ("eos_id", "beam_size", "max_decode_len", "nbest", "forced_len",
-           "no_repeat_ngram_size", "return_token_scores")
+           "no_repeat_ngram_size", "return_token_scores", "return_alternatives")
 
 
 # A search in segments: `begin_search`, then `continue_search` until nothing is live,
@@ -141,7 +146,8 @@ def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                  min_decoding_length: int | Array | None = None,
                  max_decoding_length: int | Array | None = None,
                  no_repeat_ngram_size: int = 0, return_token_scores: bool = False,
-                 target_prefix: Array | None = None) -> Segment:
+                 target_prefix: Array | None = None, return_alternatives: int = 0
+                 ) -> Segment:
   """Encodes inputs [batch, src_len] and sets up the search; no step runs yet.
 
   The optional rules are `beam_search`'s."""
@@ -151,11 +157,11 @@ def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                         jnp.asarray(max_len_b, jnp.float32), max_decode_len, pad_id,
                         max_decoding_length)
   options = search_options(min_decoding_length, no_repeat_ngram_size,
-                           return_token_scores, target_prefix)
+                           return_token_scores, target_prefix, return_alternatives)
   state = search.init_state(model.init_cache(batch, max_decode_len, beam_size),
                             batch=batch, beam_size=beam_size,
                             max_decode_len=max_decode_len, pad_id=pad_id,
-                            token_scores=return_token_scores)
+                            options=options)
   return Segment(state=state, cross_kv=model.precompute_cross_kv(model.encode(inputs)),
                  src_mask=inputs != pad_id, max_len=max_len, options=options)
 

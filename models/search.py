@@ -38,6 +38,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from models.search_rules import (SearchOptions, eos_barred, force, forced_tokens,
+                                 per_token_values, per_token_zeros,
                                  repeated_ngram_mask)
 from parallel.sharding import logical_to_spec, with_logical_constraint
 
@@ -60,6 +61,11 @@ class Decoded(NamedTuple):
   # [batch, nbest, max_decode_len] float32 log-probability of each token (0 after
   # the hypothesis); only with SearchOptions.token_scores.
   token_scores: Array | None = None
+  # [batch, nbest, max_decode_len, alternatives] int32 / float32: at each position,
+  # the likeliest tokens (pad left out) and their log-probabilities given the
+  # hypothesis's tokens before it; only with SearchOptions.alternatives.
+  alternative_tokens: Array | None = None
+  alternative_scores: Array | None = None
 
 
 @flax.struct.dataclass
@@ -72,10 +78,11 @@ class BeamState:
   finished_scores: Array  # [batch, beam] float32, sorted best first
   finished_lens: Array  # [batch, beam] int32
   cache: Cache  # the step function's state, rows [batch * beam]
-  # [batch, beam, max_decode_len] float32 per-token log-probabilities of the live
-  # and the finished hypotheses; None unless SearchOptions.token_scores.
-  alive_token_logp: Array | None = None
-  finished_token_logp: Array | None = None
+  # Per-token values of the live and the finished hypotheses, by `Decoded` field
+  # name ([batch, beam, max_decode_len, ...]: token_scores, alternative_*); None
+  # unless SearchOptions asks for some.
+  alive_per_token: dict[str, Array] | None = None
+  finished_per_token: dict[str, Array] | None = None
 
 
 def length_penalty(length: Array, alpha: Array) -> Array:
@@ -208,23 +215,24 @@ def _step(step_fn: StepFn, state: BeamState, max_len: Array, alpha: Array,
   forced = None if options.prefix is None else forced_tokens(options.prefix, t)
   # Named scopes label the ops in profiles (bench/decode_trace.py).
   with jax.named_scope("top_k"):
-    top_logp, parent, token, token_logp = _best_expansions(
+    top_logp, parent, token, per_token = _best_expansions(
         logits, state.alive_logp, eos_id, pad_id,
-        suppress_eos | eos_barred(t, options.min_len), barred,
-        options.token_scores, forced)  # [batch, beam] each
+        suppress_eos | eos_barred(t, options.min_len), barred, options,
+        forced)  # [batch, beam] each
   with jax.named_scope("beam_bookkeeping"):
     state = _advance(state, top_logp, parent, token, max_len, alpha, eos_id,
-                     token_logp)
+                     per_token)
   with jax.named_scope("cache_reorder"):
     return state.replace(cache=reorder_cache(cache, parent))
 
 
 def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
                      bar_eos: Array | bool, barred: Array | None = None,
-                     token_scores: bool = False, forced: Array | None = None
-                     ) -> tuple[Array, Array, Array, Array | None]:
-  """The beam best (log-probability, parent, token, token log-probability or None)
-  [batch, beam] of each sentence.
+                     options: SearchOptions = SearchOptions(),
+                     forced: Array | None = None
+                     ) -> tuple[Array, Array, Array, dict | None]:
+  """The beam best (log-probability, parent, token) [batch, beam] of each sentence,
+  and the per-token values `options` asks for (`per_token_values`) or None.
 
   logits [batch, beam, vocab] of the live hypotheses, whose log-probabilities are
   alive_logp [batch, beam]; EOS is not a candidate where `bar_eos` (traced) is true,
@@ -258,20 +266,17 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   candidates = alive_logp[..., None] + row_logp
   top_logp, top_idx = top_k(candidates.reshape(batch, beam * k), beam)
   token = jnp.take_along_axis(row_tokens.reshape(batch, beam * k), top_idx, axis=1)
-  token_logp = None
-  if token_scores:
-    token_logp = jnp.take_along_axis(row_logp.reshape(batch, beam * k), top_idx,
-                                     axis=1)
-  return top_logp, top_idx // k, token, token_logp
+  per_token = per_token_values(options, logits, log_norm, row_logp, top_idx, pad_id)
+  return top_logp, top_idx // k, token, per_token
 
 
 def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
              max_len: Array, alpha: Array, eos_id: int,
-             token_logp: Array | None = None) -> BeamState:
+             per_token: dict | None = None) -> BeamState:
   """Moves the chosen expansions into the live set, or the finished set if they end.
 
-  Everything but the cache, which `reorder_cache` moves. token_logp [batch, beam]
-  (with SearchOptions.token_scores) goes beside the tokens.
+  Everything but the cache, which `reorder_cache` moves. The `per_token` values
+  [batch, beam, ...] of the chosen expansions go beside their tokens.
   """
   batch, beam = parent.shape
   seqs = _gather_beams(state.alive_seqs, parent)
@@ -288,12 +293,13 @@ def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
       [state.finished_lens, jnp.full((batch, beam), length, jnp.int32)], axis=1)
   finished_seqs = _gather_beams(all_seqs, keep)
   finished_lens = _gather_beams(all_lens, keep)
-  if token_logp is not None:
-    alive_tok = lax.dynamic_update_index_in_dim(
-        _gather_beams(state.alive_token_logp, parent), token_logp, state.step, axis=2)
-    state = state.replace(alive_token_logp=alive_tok, finished_token_logp=(
-        _gather_beams(jnp.concatenate([state.finished_token_logp, alive_tok], axis=1),
-                      keep)))
+  if per_token is not None:
+    alive = jax.tree.map(lambda x, v: lax.dynamic_update_index_in_dim(
+        _gather_beams(x, parent), v, state.step, axis=2), state.alive_per_token,
+                         per_token)
+    state = state.replace(alive_per_token=alive, finished_per_token=jax.tree.map(
+        lambda f, a: _gather_beams(jnp.concatenate([f, a], axis=1), keep),
+        state.finished_per_token, alive))
 
   alive_logp = jnp.where(finishing, NEG_INF, top_logp)  # [batch, beam]
   bound = live_score_bound(alive_logp, length, max_len, alpha)  # [batch]
@@ -307,23 +313,22 @@ def _advance(state: BeamState, top_logp: Array, parent: Array, token: Array,
 
 
 def init_state(cache: Cache, *, batch: int, beam_size: int, max_decode_len: int,
-               pad_id: int, token_scores: bool = False) -> BeamState:
+               pad_id: int, options: SearchOptions = SearchOptions()) -> BeamState:
   """The state before the first step: beam 0 of each sentence live, nothing finished.
 
-  `token_scores` allocates the per-token log-probabilities (SearchOptions).
+  The per-token values `options` asks for start as zeros.
   """
   beam = beam_size
   seqs = jnp.full((batch, beam, max_decode_len), pad_id, jnp.int32)
   # Only beam 0 is live at first: the others would repeat it.
   alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)
-  token_logp = (jnp.zeros((batch, beam, max_decode_len), jnp.float32)
-                if token_scores else None)
+  per_token = per_token_zeros(options, (batch, beam, max_decode_len))
   return BeamState(
       step=jnp.zeros((), jnp.int32), alive_seqs=seqs,
       alive_logp=jnp.broadcast_to(alive_logp, (batch, beam)).astype(jnp.float32),
       finished_seqs=seqs, finished_scores=jnp.full((batch, beam), NEG_INF),
       finished_lens=jnp.zeros((batch, beam), jnp.int32), cache=cache,
-      alive_token_logp=token_logp, finished_token_logp=token_logp)
+      alive_per_token=per_token, finished_per_token=per_token)
 
 
 def live_sentences(state: BeamState) -> Array:
@@ -359,11 +364,13 @@ def result(state: BeamState, nbest: int, pad_id: int) -> Decoded:
   found = scores > NEG_INF  # Fewer than nbest only with a tiny vocabulary/max length.
   tokens = jnp.where(found[..., None], state.finished_seqs[:, :nbest], pad_id)
   lengths = jnp.where(found, state.finished_lens[:, :nbest], 0)
-  token_scores = None
-  if state.finished_token_logp is not None:
-    token_scores = jnp.where(found[..., None], state.finished_token_logp[:, :nbest], 0.0)
+  per_token = {}
+  for name, x in (state.finished_per_token or {}).items():
+    x = x[:, :nbest]
+    per_token[name] = jnp.where(found.reshape(found.shape + (1,) * (x.ndim - 2)), x,
+                                jnp.zeros((), x.dtype))
   return Decoded(tokens=tokens, scores=scores, lengths=lengths, steps=state.step,
-                 token_scores=token_scores)
+                 **per_token)
 
 
 def search(step_fn: StepFn, cache: Cache, max_len: Array, alpha: Array, *,
@@ -382,7 +389,7 @@ def search(step_fn: StepFn, cache: Cache, max_len: Array, alpha: Array, *,
     raise ValueError(f"nbest={nbest} must be between 1 and beam_size={beam_size}.")
   state = init_state(cache, batch=batch, beam_size=beam_size,
                      max_decode_len=max_decode_len, pad_id=pad_id,
-                     token_scores=options.token_scores)
+                     options=options)
   state = run(step_fn, state, max_len, alpha, num_steps=num_steps, eos_id=eos_id,
               pad_id=pad_id, suppress_eos=suppress_eos, options=options)
   return result(state, nbest, pad_id)

@@ -1,5 +1,6 @@
 """Optional rules of the beam search (models/search.py), off unless asked for:
-a minimum length, no repeated n-grams, per-token scores, a target prefix.
+a minimum length, no repeated n-grams, per-token scores and alternatives, a target
+prefix.
 
 `SearchOptions` holds them: traced values (new values reuse the compilation) and
 static switches (each setting is a program of its own). Its defaults trace nothing,
@@ -22,11 +23,52 @@ class SearchOptions:
   # Static: a token that would repeat an n-gram of this size already in the
   # hypothesis is barred (0: off).
   no_repeat_ngram_size: int = flax.struct.field(pytree_node=False, default=0)
-  # Static: keep each hypothesis's per-token log-probabilities.
+  # Static: keep each hypothesis's per-token log-probabilities...
   token_scores: bool = flax.struct.field(pytree_node=False, default=False)
+  # ...and (static) this many likeliest tokens at each of its positions (0: none).
+  alternatives: int = flax.struct.field(pytree_node=False, default=0)
   # [batch, max_decode_len] int32: tokens each output must start with, pad after
   # them (a row of pad: no prefix). None: no sentence has one.
   prefix: Array | None = None
+
+
+def per_token_zeros(options: SearchOptions, shape: tuple[int, ...]
+                    ) -> dict[str, Array] | None:
+  """The per-token values `options` asks for, zero, each [*shape, ...]; or None."""
+  values = {}
+  if options.token_scores:
+    values["token_scores"] = jnp.zeros(shape, jnp.float32)
+  if options.alternatives:
+    values["alternative_tokens"] = jnp.zeros(shape + (options.alternatives,),
+                                             jnp.int32)
+    values["alternative_scores"] = jnp.zeros(shape + (options.alternatives,),
+                                             jnp.float32)
+  return values or None
+
+
+def per_token_values(options: SearchOptions, logits: Array, log_norm: Array,
+                     row_logp: Array, top_idx: Array, pad_id: int
+                     ) -> dict[str, Array] | None:
+  """The per-token values of the chosen expansions [batch, beam, ...], or None.
+
+  logits [batch, beam, vocab] and log_norm [batch, beam, 1] of the step; row_logp
+  [batch, beam, k] the candidates' log-probabilities and top_idx [batch, beam] the
+  chosen ones among the beam * k. A chosen token's alternatives are its parent's
+  likeliest tokens (pad left out).
+  """
+  batch, beam, k = row_logp.shape
+  values = {}
+  if options.token_scores:
+    values["token_scores"] = jnp.take_along_axis(row_logp.reshape(batch, beam * k),
+                                                 top_idx, axis=1)
+  if options.alternatives:
+    unpadded = logits.at[..., pad_id].set(NEG_INF)  # A copy: only when asked.
+    alt_logits, alt_tokens = jax.lax.top_k(unpadded, options.alternatives)
+    parent = (top_idx // k)[..., None]  # [batch, beam, 1]
+    values["alternative_tokens"] = jnp.take_along_axis(alt_tokens, parent, axis=1)
+    values["alternative_scores"] = jnp.take_along_axis(alt_logits - log_norm, parent,
+                                                       axis=1)
+  return values or None
 
 
 def forced_tokens(prefix: Array, t: Array) -> Array:

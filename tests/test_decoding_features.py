@@ -13,6 +13,7 @@ from flax import nnx
 
 from inference.decoder import DecodeSettings
 from inference.decoder import Decoder
+from inference.decoder import output_names
 from inference.decoder import setting_problems
 from models import decoding
 from models import sampling
@@ -162,7 +163,8 @@ def test_length_limits_are_traced_and_take_effect(parts):
 
 @pytest.mark.parametrize("settings", [
     dict(min_decoding_length=3), dict(max_decoding_length=5),
-    dict(no_repeat_ngram_size=2), dict(return_token_scores=True)])
+    dict(no_repeat_ngram_size=2), dict(return_token_scores=True),
+    dict(return_alternatives=2)])
 def test_segmented_search_with_rules_matches_the_one_call_search(parts, settings):
   graphdef, params = parts
   partitioner = Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1]))
@@ -171,7 +173,7 @@ def test_segmented_search_with_rules_matches_the_one_call_search(parts, settings
   got, expected = (Decoder(partitioner, s, max_len=MAX_DECODE_LEN, nbest=2,
                            compact=compact).bind(graphdef, params)(batch)
                    for compact in (True, False))
-  assert len(got) == len(expected) == (3 if s.return_token_scores else 2)
+  assert len(got) == len(expected) == len(output_names(s))
   for a, b in zip(got, expected):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -314,3 +316,31 @@ def test_sampling_keeps_the_rules_a_prefix_and_a_minimum_length(parts):
   for row, n in zip(tokens.reshape(-1, MAX_DECODE_LEN), lengths.ravel()):
     words = row[:n][row[:n] != EOS].tolist()
     assert len(words) >= 4 and len(set(words)) == len(words)  # No token twice.
+
+
+def test_alternatives_are_the_likeliest_tokens_at_each_position(parts):
+  """Beam 4: at every position of every hypothesis, the 3 likeliest non-pad tokens
+  of the teacher-forced distribution given its tokens before it; greedy: the chosen
+  token is the first alternative."""
+  graphdef, params = parts
+  inputs = sources(10, [6, 2, 9], 9)
+  for beam in (4, 1):
+    out = decoding.beam_search_jit(graphdef, params, inputs, 0.6, 1.0, 2.0, eos_id=EOS,
+                                   beam_size=beam, nbest=beam,
+                                   max_decode_len=MAX_DECODE_LEN,
+                                   return_token_scores=True, return_alternatives=3)
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    alt_tokens = np.asarray(out.alternative_tokens)  # [3, beam, 12, 3]
+    alt_scores = np.asarray(out.alternative_scores)
+    targets = np.where(tokens == PAD_ID, 2, tokens).reshape(-1, MAX_DECODE_LEN)
+    logp = log_probs(graphdef, params, np.repeat(inputs, beam, 0), targets)
+    logp[..., PAD_ID] = -np.inf
+    want = np.argsort(-logp, axis=-1, kind="stable")[..., :3].reshape(alt_tokens.shape)
+    mask = np.arange(MAX_DECODE_LEN) < lengths[..., None]  # [3, beam, 12]
+    np.testing.assert_array_equal(np.where(mask[..., None], alt_tokens, 0),
+                                  np.where(mask[..., None], want, 0))
+    want_scores = np.take_along_axis(logp.reshape(alt_tokens.shape[:3] + (-1,)), want,
+                                     -1)
+    np.testing.assert_allclose(alt_scores[mask], want_scores[mask], atol=1e-5)
+    assert np.all(alt_tokens[~mask] == 0)
+  np.testing.assert_array_equal(np.where(mask, alt_tokens[..., 0], PAD_ID), tokens)

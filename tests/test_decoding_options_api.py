@@ -237,3 +237,25 @@ def test_infer_samples_and_top_1_is_the_greedy_output(workdir):
   lines = two.stdout.decode().splitlines()
   assert [len(l.split("\t")) for l in lines] == [4, 1, 4, 4]
   assert _infer(*args, "--num_samples=2", "--seed=4", stdin=stdin).stdout == two.stdout
+
+
+def test_alternatives_come_with_the_token_scores(translator, served):
+  results = translator.translate(TEXTS, beam_size=1, return_alternatives=3)
+  for r in (r for r in results if r.nbest):
+    h = r.nbest[0]
+    assert len(h.alternatives) == len(h.token_scores) > 0
+    assert all(len(position) == 3 for position in h.alternatives)
+    for position, score in zip(h.alternatives, h.token_scores):
+      assert [x for _, x in position] == sorted((x for _, x in position), reverse=True)
+      assert position[0][1] >= score - 1e-5  # Greedy took the best (or EOS barred).
+  assert "\t" in results[0].line()  # text, score, token scores, alternatives.
+  assert len(results[0].line().split("\t")) == 4
+  status, body = _post(served.url + "/v1/translate",
+                       {"text": TEXTS[:1], "beam_size": 1, "return_alternatives": 3})
+  assert status == 200, body
+  got = body["translations"][0]
+  assert [[a["token"] for a in p] for p in got["alternatives"]] == [
+      [i for i, _ in p] for p in results[0].nbest[0].alternatives]
+  assert "token_scores" in got
+  with pytest.raises(ValueError, match="return_alternatives"):
+    translator.translate(["a"], return_alternatives=2, sampling_topk=5)
