@@ -32,7 +32,8 @@ from storage import layout
 FLAGS = flags.FLAGS
 _DECODE_FIELDS = ("beam_size", "alpha", "max_len_a", "max_len_b",
                   "min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-                  "return_token_scores", "return_alternatives", "num_samples",
+                  "return_token_scores", "return_alternatives", "return_alignment",
+                  "alignment_layer", "num_samples",
                   "sampling_topk",
                   "sampling_topp", "sampling_temperature", "seed")
 
@@ -150,6 +151,12 @@ def define_translator(batch_tokens: bool = True) -> None:
                        " further field: id:logp,id:logp,... per position,"
                        " space-separated (0: none).", lower_bound=0,
                        upper_bound=decoder_lib.MAX_ALTERNATIVES)
+  flags.DEFINE_boolean("return_alignment", False, "Also write each hypothesis's"
+                       " source-target alignment (Pharaoh i-j pairs over the model's"
+                       " tokens, from cross-attention) as a last tab field.")
+  flags.DEFINE_integer("alignment_layer", -1, "The decoder layer whose"
+                       " cross-attention (heads averaged) gives the alignment; -1:"
+                       " the last.")
   define_sampling()
   if batch_tokens:
     flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.",

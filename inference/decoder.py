@@ -46,6 +46,8 @@ class DecodeSettings:
   return_token_scores: bool = False  # Each hypothesis's per-token log-probabilities.
   return_alternatives: int = 0  # ...and its likeliest tokens at each position (with
   # the token scores).
+  return_alignment: bool = False  # Source-target alignment (models/alignment.py)...
+  alignment_layer: int = -1  # ...from this decoder layer's cross-attention.
   # Sampling instead of the beam search (models/sampling.py): on when num_samples
   # > 0 or any other sampling field leaves its default (then one sample).
   num_samples: int = 0  # Outputs drawn per sentence (beam_size is then unused).
@@ -113,8 +115,11 @@ def setting_problems(s: DecodeSettings) -> list[tuple[str, str]]:
                      f" ({s.max_decoding_length})"))
   if not count(s.no_repeat_ngram_size, 0):
     problems.append(("no_repeat_ngram_size", "an integer >= 0 (0: off)"))
-  if not isinstance(s.return_token_scores, bool):
-    problems.append(("return_token_scores", "true or false"))
+  for field in ("return_token_scores", "return_alignment"):
+    if not isinstance(getattr(s, field), bool):
+      problems.append((field, "true or false"))
+  if not isinstance(s.alignment_layer, int) or isinstance(s.alignment_layer, bool):
+    problems.append(("alignment_layer", "an integer (a decoder layer; -1: the last)"))
   if not count(s.return_alternatives, 0) or s.return_alternatives > MAX_ALTERNATIVES:
     problems.append(("return_alternatives", f"an integer in [0, {MAX_ALTERNATIVES}]"))
   elif s.return_alternatives and s.samples:

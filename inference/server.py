@@ -3,13 +3,14 @@
   POST /v1/translate {"text": [...], "beam_size"?, "alpha"?, "nbest"?,
                       "min_decoding_length"?, "max_decoding_length"?,
                       "no_repeat_ngram_size"?, "return_token_scores"?,
-                      "return_alternatives"?,
+                      "return_alternatives"?, "return_alignment"?,
+                      "alignment_layer"?,
                       "num_samples"?, "sampling_topk"?, "sampling_topp"?,
                       "sampling_temperature"?, "seed"?,
                       "target_prefix"?: [str | null, ...] (one per text)}
        -> {"translations": [{"text", "score", "tokens", "truncated", "nbest"?,
                              "token_scores"?, "prefix_tokens"?,
-                             "alternatives"?}, ...]}
+                             "alternatives"?, "alignment"?}, ...]}
   POST /v1/score     {"source": [...], "target": [...]}
        -> {"scores": [{"score", "tokens", "token_scores", "truncated"}, ...]}
   GET  /v1/models    the model served: name, step, parameters, decode defaults, limits
@@ -92,6 +93,8 @@ def _translation_json(t: Translation, nbest: int, token_scores: bool = False) ->
       out["token_scores"] = list(h.token_scores)
     if h.prefix_len:  # The first tokens, given as the target prefix.
       out["prefix_tokens"] = h.prefix_len
+    if h.alignment:  # Pharaoh i-j pairs (source, target), as fairseq prints them.
+      out["alignment"] = h.alignment_text
     if h.alternatives:
       out["alternatives"] = [[{"token": i, "score": x} for i, x in position]
                              for position in h.alternatives]
@@ -203,7 +206,8 @@ class _State:
 _STATE = web.AppKey("state", _State)
 # The optional decode settings a translate request may set (DecodeSettings fields).
 _RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-          "return_token_scores", "return_alternatives", "num_samples", "sampling_topk", "sampling_topp",
+          "return_token_scores", "return_alternatives", "return_alignment",
+          "alignment_layer", "num_samples", "sampling_topk", "sampling_topp",
           "sampling_temperature", "seed")
 _FLOAT_RULES = ("sampling_topp", "sampling_temperature")
 
@@ -220,10 +224,11 @@ async def _translate(request: web.Request) -> web.Response:
             "return_alternatives": decoder_lib.MAX_ALTERNATIVES,
             "sampling_topk": state.translator.tokenizer.vocab_size,
             "sampling_topp": 1.0, "sampling_temperature": 100.0}
+  flags = ("return_token_scores", "return_alignment")
   rules = {field: request_parsing.number(
       body, field, float if field in _FLOAT_RULES else int,
-      limits.get(field, longest)) for field in _RULES if field != "return_token_scores"}
-  rules["return_token_scores"] = request_parsing.boolean(body, "return_token_scores")
+      limits.get(field, longest)) for field in _RULES if field not in flags}
+  rules.update({field: request_parsing.boolean(body, field) for field in flags})
   try:
     settings, nbest = state.translator.options(
         beam, request_parsing.number(body, "alpha", float, config.max_alpha),

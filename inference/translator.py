@@ -5,13 +5,15 @@
   translator.score(["A dog runs."], ["Un chien court."])[0].score
 
 Decode settings default to the run's `config.decode`; a call may override beam size,
-alpha, n-best and the optional rules (`DecodeSettings`: length limits, repeated
-n-grams, per-token scores). Programs are compiled once per (rows, bucket, beam, nbest) and
-reused: alpha is traced, so a new alpha does not recompile. `translate_batch` and
+alpha, n-best and the optional features (`DecodeSettings`, docs/decoding.md: length
+limits, repeated n-grams, token scores and alternatives, target prefixes, sampling,
+alignments). Programs are compiled once per (rows, bucket, beam, nbest) and reused:
+alpha is traced, so a new alpha does not recompile. `translate_batch` and
 `score_batch` run one prepared batch, for callers that form their own batches (the
 server); `warmup` compiles every shape such a caller can form. Results are
-`Translation`s (n-best `Hypothesis` lists) and `scoring.Score`s. Text hygiene lives in
-text_io.py, tokenizing and batch shapes in bucketing.py, the search in decoder.py.
+`Translation`s (n-best `Hypothesis` lists, hypotheses.py) and `scoring.Score`s. Text
+hygiene lives in text_io.py, tokenizing and batch shapes in bucketing.py, target
+prefixes in prefixes.py, the search in decoder.py.
 """
 from collections.abc import Sequence
 import dataclasses
@@ -29,127 +31,18 @@ from data import tokenizer as tokenizer_lib
 from inference import bucketing
 from inference import bundle as bundle_lib
 from inference import decoder as decoder_lib
+from inference.hypotheses import Hypothesis
+from inference.hypotheses import Translation
+from inference.hypotheses import hypotheses
 from inference.prefixes import with_prefixes
+from models import alignment as alignment_lib
 from inference import restore
 from inference import scoring
-from inference import text_io
 from inference.bucketing import MAX_ROWS, Source
 from inference.decoder import DecodeSettings
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 from storage import layout
-
-
-@dataclasses.dataclass(frozen=True)
-class Hypothesis:
-  text: str
-  score: float  # Sum of log-probabilities over the length penalty.
-  ids: tuple[int, ...] = ()  # Target token ids, EOS and padding left out.
-  # Log-probability of each token, EOS included when the hypothesis ends with it
-  # (len(ids) + 1 entries; len(ids) when cut at the length limit); their sum over
-  # the length penalty of their count is `score`. Empty unless asked for.
-  token_scores: tuple[float, ...] = ()
-  prefix_len: int = 0  # The first tokens of `ids` that were the given target prefix.
-  # Per position (as token_scores), the likeliest (token id, log-probability)
-  # pairs there, given the tokens before it. Empty unless asked for.
-  alternatives: tuple[tuple[tuple[int, float], ...], ...] = ()
-
-  @property
-  def prefix_score(self) -> float | None:
-    """Sum of the prefix tokens' log-probabilities (None without a prefix)."""
-    return sum(self.token_scores[:self.prefix_len]) if self.prefix_len else None
-
-
-@dataclasses.dataclass(frozen=True)
-class Translation:
-  """One input line's n-best list, best first; empty for an empty line.
-
-  `truncated` says the source was longer than the model's limit and only its first
-  tokens were translated.
-  """
-  nbest: list[Hypothesis]
-  truncated: bool = False
-
-  @property
-  def text(self) -> str:
-    return self.nbest[0].text if self.nbest else ""
-
-  @property
-  def score(self) -> float | None:
-    return self.nbest[0].score if self.nbest else None
-
-  @property
-  def ids(self) -> tuple[int, ...]:
-    return self.nbest[0].ids if self.nbest else ()
-
-  def line(self, nbest: int = 1, token_scores: bool = False) -> str:
-    """The output line: the best text, or `hyp1<TAB>score1<TAB>hyp2...` (nbest > 1).
-
-    With `token_scores` every hypothesis is `hyp<TAB>score<TAB>token scores`
-    (space-separated), also for nbest 1, followed by `<TAB>alternatives` when the
-    hypotheses have them.
-    """
-    token_scores = token_scores or any(h.alternatives for h in self.nbest)
-    if nbest == 1 and not token_scores:
-      return self.text
-
-    def fields(h: Hypothesis) -> str:
-      extra = ("\t" + " ".join(f"{x:.4f}" for x in h.token_scores)
-               if token_scores else "")
-      if h.alternatives:  # id:logp,id:logp per position, positions space-separated.
-        extra += "\t" + " ".join(",".join(f"{i}:{x:.4f}" for i, x in position)
-                                 for position in h.alternatives)
-      return f"{h.text}\t{h.score:.4f}{extra}"
-    return "\t".join(fields(h) for h in self.nbest[:nbest])
-
-
-def _ids(row: np.ndarray) -> tuple[int, ...]:
-  """A decoded row's token ids up to EOS, padding left out."""
-  ids = row.tolist()
-  if tokenizer_lib.EOS_ID in ids:
-    ids = ids[:ids.index(tokenizer_lib.EOS_ID)]
-  return tuple(i for i in ids if i != tokenizer_lib.PAD_ID)
-
-
-def _token_scores(row: np.ndarray, values: np.ndarray | None) -> tuple[float, ...]:
-  """The per-token log-probabilities of a decoded row, up to its length."""
-  if values is None:
-    return ()
-  return tuple(float(x) for x in values[:int((row != tokenizer_lib.PAD_ID).sum())])
-
-
-def _alternatives(row: np.ndarray, tokens: np.ndarray | None,
-                  scores: np.ndarray | None) -> tuple:
-  """Per position of a decoded row, its (token id, log-probability) alternatives."""
-  if tokens is None:
-    return ()
-  n = int((row != tokenizer_lib.PAD_ID).sum())
-  return tuple(tuple((int(i), float(x)) for i, x in zip(tokens[p], scores[p]))
-               for p in range(n))
-
-
-def hypotheses(tokens: np.ndarray, scores: np.ndarray, tokenizer, count: int,
-               token_scores: np.ndarray | None = None,
-               prefix_lens: Sequence[int] | None = None,
-               alternatives: tuple[np.ndarray, np.ndarray] | None = None
-               ) -> list[list[Hypothesis]]:
-  """The n-best lists of the first `count` rows of a decoded batch.
-
-  tokens [rows, nbest, out_len], scores [rows, nbest], token_scores (optional)
-  [rows, nbest, out_len], prefix_lens (optional) per row, alternatives (optional)
-  tokens and scores [rows, nbest, out_len, n]; texts hold no line breakers.
-  """
-  def one(r, k):
-    row = tokens[r, k]
-    prefix = 0 if prefix_lens is None else min(prefix_lens[r],
-                                              int((row != tokenizer_lib.PAD_ID).sum()))
-    alt = (None, None) if alternatives is None else (alternatives[0][r, k],
-                                                     alternatives[1][r, k])
-    return Hypothesis(text_io.one_line(tokenizer.decode(row)), float(scores[r, k]),
-                      _ids(row), _token_scores(row, None if token_scores is None
-                                               else token_scores[r, k]), prefix,
-                      _alternatives(row, *alt))
-  return [[one(r, k) for k in range(tokens.shape[1])] for r in range(count)]
 
 
 def _check_sentences(**lists) -> None:
@@ -176,7 +69,8 @@ def inference_partitioner(config) -> Partitioner:
 
 # The optional decode settings a call may set (DecodeSettings fields).
 _RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-          "return_token_scores", "return_alternatives", "num_samples", "sampling_topk", "sampling_topp",
+          "return_token_scores", "return_alternatives", "return_alignment",
+          "alignment_layer", "num_samples", "sampling_topk", "sampling_topp",
           "sampling_temperature", "seed")
 
 
@@ -266,6 +160,10 @@ class Translator:
     return self.decoder.bind(self.graphdef, self.params)
 
   @functools.cached_property
+  def _decoder_layers(self) -> int:
+    return len(nnx.merge(self.graphdef, self.params).decoder_layers)
+
+  @functools.cached_property
   def _score(self) -> scoring.ScoreFn:
     return scoring.Scorer(self.decoder.partitioner).bind(self.graphdef, self.params)
 
@@ -299,6 +197,10 @@ class Translator:
     if problems := decoder_lib.setting_problems(settings):
       raise ValueError("; ".join(f"{field}={getattr(settings, field)!r} must be {rule}"
                                  for field, rule in problems) + ".")
+    layers = self._decoder_layers if settings.return_alignment else 0
+    if layers and not -layers <= settings.alignment_layer < layers:
+      raise ValueError(f"alignment_layer={settings.alignment_layer} must be in"
+                       f" [{-layers}, {layers}): the model has {layers} decoder layers.")
     return dataclasses.replace(settings, alpha=float(settings.alpha)), nbest
 
   def translate(self, texts: Sequence[str], *, beam_size: int | None = None,
@@ -356,10 +258,25 @@ class Translator:
     found = dict(zip(decoder_lib.output_names(settings), out))
     alternatives = (None if "alternative_tokens" not in found else
                     (found["alternative_tokens"], found["alternative_scores"]))
-    return [Translation(h, s.truncated) for s, h in zip(
-        sources, hypotheses(found["tokens"], found["scores"], self.tokenizer,
-                            len(sources), found.get("token_scores"),
-                            [len(p) for p in prefixes], alternatives))]
+    lists = hypotheses(found["tokens"], found["scores"], self.tokenizer, len(sources),
+                       found.get("token_scores"), [len(p) for p in prefixes],
+                       alternatives)
+    if settings.return_alignment:
+      lists = self._aligned(lists, inputs, found["tokens"], settings.alignment_layer)
+    return [Translation(h, s.truncated) for s, h in zip(sources, lists)]
+
+  def _aligned(self, lists: list[list[Hypothesis]], inputs: np.ndarray,
+               tokens: np.ndarray, layer: int) -> list[list[Hypothesis]]:
+    """The hypotheses with their alignments, from one teacher-forced pass over all
+    of them (tokens [rows, nbest, out_len] of inputs [rows, src_len])."""
+    rows, nbest, length = tokens.shape
+    weights = np.asarray(alignment_lib.cross_attention_jit(
+        self.graphdef, self.params, np.repeat(inputs, nbest, axis=0),
+        tokens.reshape(rows * nbest, length), layer=layer))
+    special = (tokenizer_lib.EOS_ID, tokenizer_lib.PAD_ID)
+    return [[dataclasses.replace(h, alignment=tuple(alignment_lib.hard_alignment(
+        weights[r * nbest + k], inputs[r].tolist(), tokens[r, k].tolist(), special)))
+             for k, h in enumerate(hyps)] for r, hyps in enumerate(lists)]
 
   # One prepared batch at a time, for callers that form their own batches.
 

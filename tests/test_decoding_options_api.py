@@ -259,3 +259,35 @@ def test_alternatives_come_with_the_token_scores(translator, served):
   assert "token_scores" in got
   with pytest.raises(ValueError, match="return_alternatives"):
     translator.translate(["a"], return_alternatives=2, sampling_topk=5)
+
+
+def test_alignments_in_the_api_server_and_line(translator, served):
+  results = translator.translate(TEXTS, beam_size=2, nbest=2, return_alignment=True)
+  sources = translator.tokenize(TEXTS)
+  for r, s in zip(results, sources):
+    for h in r.nbest:
+      assert [j for _, j in h.alignment] == list(range(len(h.ids)))  # Each token once.
+      assert all(0 <= i < len(s.ids) - 1 for i, _ in h.alignment)  # Not source EOS.
+  assert results[0].line(2).split("\t")[2] == results[0].nbest[0].alignment_text
+  status, body = _post(served.url + "/v1/translate", {
+      "text": TEXTS, "beam_size": 2, "return_alignment": True, "alignment_layer": 0})
+  assert status == 200, body
+  want = translator.translate(TEXTS, beam_size=2, return_alignment=True,
+                              alignment_layer=0)
+  assert [t.get("alignment", "") for t in body["translations"]] == [
+      t.nbest[0].alignment_text if t.nbest else "" for t in want]
+  status, body = _post(served.url + "/v1/translate", {
+      "text": ["a"], "return_alignment": True, "alignment_layer": 9})
+  assert status == 400 and "alignment_layer=9" in body["error"], body
+
+
+@pytest.mark.slow
+def test_infer_prints_pharaoh_alignments(workdir, translator):
+  args = ("--mode=translate", f"--workdir={workdir}", "--max_source_len=16",
+          "--batch_tokens=32", "--beam_size=2", "--return_alignment")
+  run = _infer(*args, stdin="".join(t + "\n" for t in TEXTS).encode())
+  assert run.returncode == 0, run.stderr.decode()[-3000:]
+  want = translator.translate(TEXTS, beam_size=2, return_alignment=True)
+  for line, t in zip(run.stdout.decode().splitlines(), want):
+    assert line == (f"{t.text}\t{t.score:.4f}\t{t.nbest[0].alignment_text}"
+                    if t.nbest else "")
