@@ -17,9 +17,9 @@ max length is the bundle's `DecodeSettings.cache_length`, as for StableHLO.
 
 After conversion, dense layers (einsums of an activation with a weight) become
 MatMuls, and with `quantize='int8'` onnxruntime's `quantize_dynamic` stores those
-MatMuls' weights as int8 (per output channel) and quantizes their inputs per call; the
-output projection's transposed table is folded into a weight first so that it is one
-of them. The embedding lookup stays float32. `runners/onnx.py` translates with
+MatMuls' weights as int8 (7-bit range, per output channel) and quantizes their inputs
+per call; the output projection's transposed table is folded into a weight first so
+that it is one of them. The embedding lookup stays float32. `runners/onnx.py` translates with
 onnxruntime, numpy and sentencepiece alone.
 """
 import dataclasses
@@ -261,8 +261,11 @@ def _quantize(onnx, model):
   try:  # It logs a recommendation to pre-process on the root logger.
     with tempfile.TemporaryDirectory() as scratch:
       path = os.path.join(scratch, "int8.onnx")
+      # 7-bit weights (reduce_range): x86 CPUs without VNNI multiply uint8 by int8
+      # in pairs that saturate int16; on test_2016_flickr, 8-bit weights lost 0.26
+      # BLEU (beam 4) where 7-bit ones lost 0.04.
       quantization.quantize_dynamic(model, path, op_types_to_quantize=["MatMul"],
-                                    per_channel=True,
+                                    per_channel=True, reduce_range=True,
                                     weight_type=quantization.QuantType.QInt8,
                                     extra_options={"EnableSubgraph": True})
       return onnx.load(path)
