@@ -3,8 +3,6 @@
 Stub searches (models/search.py over a bigram table) are checked against brute force
 under the same rule; the Transformer's search against teacher-forced log-probabilities.
 """
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,48 +23,9 @@ from parallel.sharding import Partitioner
 from tests.test_decoding import (EOS, FIRST_WORD, MAX_DECODE_LEN, NEIGHBOURS,
                                  PAD_ID, SENTENCE, log_probs, penalty, sources,
                                  tiny_model)
-from tests.test_search import VOCAB, bigram_step
-
-PAD = 0
-
-
-def stub_search(table, *, beam, max_len, alpha, nbest, options=SearchOptions()):
-  cache = {"steps": jnp.zeros((), jnp.int32), "rows": jnp.arange(beam)}
-  return jax.jit(lambda: search.search(
-      bigram_step(table), cache, jnp.full((1,), max_len, jnp.int32),
-      jnp.float32(alpha), batch=1, beam_size=beam, max_decode_len=max_len,
-      num_steps=max_len, eos_id=EOS, pad_id=PAD, nbest=nbest, options=options))()
-
-
-def repeats_ngram(seq, n) -> bool:
-  grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
-  return len(grams) != len(set(grams))
-
-
-def brute_force(table, max_len, alpha, nbest, min_len=1, ngram=0):
-  """The best complete sequences (EOS-ended, or cut at max_len) under the rules."""
-  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table, jnp.float32)), np.float64)
-  words = range(EOS + 1, VOCAB)
-  seqs = [w + (EOS,) for n in range(min_len, max_len)
-          for w in itertools.product(words, repeat=n)]
-  seqs += list(itertools.product(words, repeat=max_len))
-  scored = []
-  for seq in seqs:
-    if ngram and repeats_ngram(seq, ngram):
-      continue
-    prev, total = PAD, 0.0
-    for tok in seq:
-      total += logp[prev, tok]
-      prev = tok
-    scored.append((total / ((5 + len(seq)) / 6) ** alpha, seq))
-  return sorted(scored, reverse=True)[:nbest]
-
-
-def nbest(out, row=0):
-  tokens, lengths = np.asarray(out.tokens[row]), np.asarray(out.lengths[row])
-  return [(float(s), tuple(int(x) for x in t[:n]))
-          for s, t, n in zip(np.asarray(out.scores[row]), tokens, lengths)]
-
+from tests.test_search import PAD, VOCAB, brute_force, repeats_ngram
+from tests.test_search import nbest_lists as nbest
+from tests.test_search import run as stub_search
 
 def eos_loving_table(seed=0):
   table = np.random.RandomState(seed).normal(size=(VOCAB, VOCAB))

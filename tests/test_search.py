@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from models import search
+from models.search_rules import SearchOptions
 from parallel import mesh as mesh_lib
 
 PAD, EOS = 0, 1  # The stub's own ids; the search takes them as arguments.
@@ -28,27 +29,36 @@ def bigram_step(table: np.ndarray):
   return step_fn
 
 
-def run(table, *, batch=1, beam, max_len, alpha, nbest, suppress_eos=False):
+def run(table, *, batch=1, beam, max_len, alpha, nbest, suppress_eos=False,
+        options=SearchOptions()):
+  """The stub's search of `batch` sentences under `options` (the optional rules)."""
   rows = batch * beam
   cache = {"steps": jnp.zeros((), jnp.int32), "rows": jnp.arange(rows)}
   fn = jax.jit(lambda: search.search(
       bigram_step(table), cache, jnp.full((batch,), max_len, jnp.int32),
       jnp.float32(alpha), batch=batch, beam_size=beam, max_decode_len=max_len,
       num_steps=max_len, eos_id=EOS, pad_id=PAD, nbest=nbest,
-      suppress_eos=suppress_eos))
+      suppress_eos=suppress_eos, options=options))
   return fn()
 
 
-def brute_force(table, max_len, alpha, nbest):
-  """Every sequence of at least one word ending in EOS (or cut at max_len), scored
-  exactly."""
+def repeats_ngram(seq, n) -> bool:
+  grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+  return len(grams) != len(set(grams))
+
+
+def brute_force(table, max_len, alpha, nbest, min_len=1, ngram=0):
+  """Every sequence of at least `min_len` words ending in EOS (or cut at max_len),
+  without a repeated n-gram of size `ngram` (0: any), scored exactly; the best."""
   logp = np.asarray(jax.nn.log_softmax(jnp.asarray(table, jnp.float32)), np.float64)
   words = range(EOS + 1, VOCAB)
-  seqs = [w + (EOS,) for n in range(1, max_len)
+  seqs = [w + (EOS,) for n in range(min_len, max_len)
           for w in itertools.product(words, repeat=n)]
   seqs += list(itertools.product(words, repeat=max_len))
   scored = []
   for seq in seqs:
+    if ngram and repeats_ngram(seq, ngram):
+      continue
     prev, total = PAD, 0.0
     for tok in seq:
       total += logp[prev, tok]
