@@ -19,8 +19,8 @@ from ml_collections import config_flags
 
 from inference import bundle
 from inference import compile_cache
-from inference import restore
 from inference import decoder as decoder_lib
+from inference import restore
 from inference.decoder import DecodeSettings
 from inference.translator import Translator
 from inference.translator import inference_partitioner
@@ -31,11 +31,7 @@ from storage import layout
 
 FLAGS = flags.FLAGS
 _DECODE_FIELDS = ("beam_size", "alpha", "max_len_a", "max_len_b",
-                  "min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-                  "return_token_scores", "return_alternatives", "return_alignment",
-                  "alignment_layer", "num_samples",
-                  "sampling_topk",
-                  "sampling_topp", "sampling_temperature", "seed")
+                  *decoder_lib.OPTIONAL_FIELDS)
 
 
 def define_workdir() -> None:

@@ -99,6 +99,13 @@ class DecodeSettings:
     return options
 
 
+# The optional DecodeSettings fields a call, flag or request may set.
+OPTIONAL_FIELDS = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
+                   "return_token_scores", "return_alternatives", "return_alignment",
+                   "alignment_layer", "num_samples", "sampling_topk", "sampling_topp",
+                   "sampling_temperature", "seed")
+
+
 def setting_problems(s: DecodeSettings) -> list[tuple[str, str]]:
   """(field, allowed values) of each optional rule of `s` that cannot decode."""
   def count(value, low) -> bool:
@@ -244,10 +251,10 @@ class Decoder:
                                np.int32),
              "scores": np.full((rows, nbest), -np.inf, np.float32),
              "token_scores": np.zeros((rows, nbest, max_decode_len), np.float32),
-           "alternative_tokens": np.zeros((rows, nbest, max_decode_len,
-                                           s.return_alternatives), np.int32),
-           "alternative_scores": np.zeros((rows, nbest, max_decode_len,
-                                           s.return_alternatives), np.float32)}
+             "alternative_tokens": np.zeros((rows, nbest, max_decode_len,
+                                             s.return_alternatives), np.int32),
+             "alternative_scores": np.zeros((rows, nbest, max_decode_len,
+                                             s.return_alternatives), np.float32)}
     segment = self._begin(graphdef, params, global_batch(self.partitioner, inputs),
                           float(s.max_len_a), float(s.max_len_b),
                           beam_size=s.beam_size, max_decode_len=max_decode_len,

@@ -204,11 +204,7 @@ class _State:
 
 
 _STATE = web.AppKey("state", _State)
-# The optional decode settings a translate request may set (DecodeSettings fields).
-_RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-          "return_token_scores", "return_alternatives", "return_alignment",
-          "alignment_layer", "num_samples", "sampling_topk", "sampling_topp",
-          "sampling_temperature", "seed")
+_RULES = decoder_lib.OPTIONAL_FIELDS  # The optional settings a request may set.
 _FLOAT_RULES = ("sampling_topp", "sampling_temperature")
 
 

@@ -31,15 +31,15 @@ from data import tokenizer as tokenizer_lib
 from inference import bucketing
 from inference import bundle as bundle_lib
 from inference import decoder as decoder_lib
+from inference import restore
+from inference import scoring
+from inference.bucketing import MAX_ROWS, Source
+from inference.decoder import DecodeSettings
 from inference.hypotheses import Hypothesis
 from inference.hypotheses import Translation
 from inference.hypotheses import hypotheses
 from inference.prefixes import with_prefixes
 from models import alignment as alignment_lib
-from inference import restore
-from inference import scoring
-from inference.bucketing import MAX_ROWS, Source
-from inference.decoder import DecodeSettings
 from parallel import mesh as mesh_lib
 from parallel.sharding import Partitioner
 from storage import layout
@@ -65,13 +65,6 @@ def _check_limits(max_len, batch_tokens) -> None:
 def inference_partitioner(config) -> Partitioner:
   """Every local device on the batch axis, laid out by the run's logical-axis rules."""
   return Partitioner(mesh_lib.create_mesh((-1, 1, 1)), config.logical_axis_rules)
-
-
-# The optional decode settings a call may set (DecodeSettings fields).
-_RULES = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
-          "return_token_scores", "return_alternatives", "return_alignment",
-          "alignment_layer", "num_samples", "sampling_topk", "sampling_topp",
-          "sampling_temperature", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +171,9 @@ class Translator:
     ValueError if a value is out of range (beam_size >= 1, 1 <= nbest <=
     beam_size, finite alpha >= 0, `decoder.setting_problems`).
     """
-    if unknown := set(rules) - set(_RULES):
+    if unknown := set(rules) - set(decoder_lib.OPTIONAL_FIELDS):
       raise TypeError(f"Unknown decode options {sorted(unknown)}; expected some of"
-                      f" {list(_RULES)}.")
+                      f" {list(decoder_lib.OPTIONAL_FIELDS)}.")
     given = {"beam_size": beam_size, "alpha": alpha, **rules}
     settings = dataclasses.replace(
         self.settings, **{k: v for k, v in given.items() if v is not None})
@@ -213,8 +206,9 @@ class Translator:
     `rules`: the optional decode settings, as `options` takes them (e.g.
     no_repeat_ngram_size=3, return_token_scores=True). `target_prefix`: per text,
     what its translation must start with, a string or token ids (None: nothing);
-    the hypotheses then carry token scores and `prefix_len`. `name` labels warnings (file:line); `first_line`
-    numbers `texts[0]` in `name` when translating a file in chunks.
+    the hypotheses then carry token scores and `prefix_len`. `name` labels warnings
+    (file:line); `first_line` numbers `texts[0]` in `name` when translating a file
+    in chunks.
     """
     _check_sentences(texts=texts)
     settings, nbest = self.options(beam_size, alpha, nbest, **rules)
