@@ -5,6 +5,7 @@
 
 Each variant is `name=SETTING,SETTING...` (just `name` for the defaults): SETTINGs
 `compact=0|1` (the Decoder's segmented search), `batch_tokens=N`, `quantize=int8`,
+`shortlist=1` (the workdir's vocabulary shortlist, `use_shortlist`),
 `mode=file|batch1` (whole-file `Translator.translate`, or one sentence per call),
 or an environment variable `VAR=value` (XLA_FLAGS, JAX_... : read when JAX starts).
 Every variant runs in its own process, which translates the file once (compiling,
@@ -34,7 +35,7 @@ _PASSES = flags.DEFINE_integer("passes", 2, "Timed passes per turn.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: run one variant's turn.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OPTIONS = ("compact", "batch_tokens", "quantize", "mode")
+_OPTIONS = ("compact", "batch_tokens", "quantize", "mode", "shortlist")
 
 
 def parse(spec: str) -> tuple[str, dict, dict]:
@@ -61,10 +62,11 @@ def _child(options: dict) -> dict:
       _WORKDIR.value, quantize=options.get("quantize"),
       batch_tokens=int(options.get("batch_tokens", 4096)))
   translator.decoder.compact = options.get("compact", "1") == "1"
+  rules = {"use_shortlist": True} if options.get("shortlist") == "1" else {}
   if options.get("mode", "file") == "batch1":
-    run = lambda: [translator.translate([line]) for line in lines]
+    run = lambda: [translator.translate([line], **rules) for line in lines]
   else:
-    run = lambda: translator.translate(lines)
+    run = lambda: translator.translate(lines, **rules)
   in_decode = [0.0]
   decode = translator._decode  # pylint: disable=protected-access
 

@@ -153,6 +153,10 @@ def define_translator(batch_tokens: bool = True) -> None:
   flags.DEFINE_integer("alignment_layer", -1, "The decoder layer whose"
                        " cross-attention (heads averaged) gives the alignment; -1:"
                        " the last.")
+  flags.DEFINE_boolean("use_shortlist", False, "Rank only each sentence's"
+                       " shortlisted target tokens (WORKDIR/shortlist.npz, built by"
+                       " shortlist.py; CTranslate2's use_vmap): faster, scores"
+                       " normalised over the shortlist.")
   define_sampling()
   if batch_tokens:
     flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per batch.",

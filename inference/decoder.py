@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import tokenizer as tokenizer_lib
+from inference import shortlist as shortlist_lib
 from models import decoding
 from models import sampling
 from parallel.sharding import Partitioner
@@ -55,6 +56,9 @@ class DecodeSettings:
   sampling_topp: float = 1.0  # ... and within the nucleus of this mass (1: all).
   sampling_temperature: float = 1.0  # Logits / temperature before drawing.
   seed: int = 0  # With the sentence's ids, what each sample is drawn from.
+  # Rank each sentence's shortlisted tokens only (inference/shortlist.py; the
+  # Decoder's `shortlist`), CTranslate2's use_vmap. Off: the whole vocabulary.
+  use_shortlist: bool = False
 
   @classmethod
   def from_config(cls, decode_cfg: Any | None, **overrides) -> "DecodeSettings":
@@ -103,7 +107,7 @@ class DecodeSettings:
 OPTIONAL_FIELDS = ("min_decoding_length", "max_decoding_length", "no_repeat_ngram_size",
                    "return_token_scores", "return_alternatives", "return_alignment",
                    "alignment_layer", "num_samples", "sampling_topk", "sampling_topp",
-                   "sampling_temperature", "seed")
+                   "sampling_temperature", "seed", "use_shortlist")
 
 
 def setting_problems(s: DecodeSettings) -> list[tuple[str, str]]:
@@ -122,7 +126,7 @@ def setting_problems(s: DecodeSettings) -> list[tuple[str, str]]:
                      f" ({s.max_decoding_length})"))
   if not count(s.no_repeat_ngram_size, 0):
     problems.append(("no_repeat_ngram_size", "an integer >= 0 (0: off)"))
-  for field in ("return_token_scores", "return_alignment"):
+  for field in ("return_token_scores", "return_alignment", "use_shortlist"):
     if not isinstance(getattr(s, field), bool):
       problems.append((field, "true or false"))
   if not isinstance(s.alignment_layer, int) or isinstance(s.alignment_layer, bool):
@@ -142,6 +146,10 @@ def setting_problems(s: DecodeSettings) -> list[tuple[str, str]]:
     problems.append(("sampling_temperature", "a finite number > 0"))
   if not count(s.seed, 0) or s.seed >= 2**32:
     problems.append(("seed", "an integer in [0, 2**32)"))
+  if s.use_shortlist is True and (s.no_repeat_ngram_size or s.return_alternatives
+                                  or s.samples):
+    problems.append(("use_shortlist", "false with no_repeat_ngram_size,"
+                     " return_alternatives or sampling (they name tokens outside it)"))
   return problems
 
 
@@ -223,8 +231,10 @@ class Decoder:
   """
 
   def __init__(self, partitioner: Partitioner, settings: DecodeSettings, *,
-               max_len: int, nbest: int = 1, compact: bool = True):
+               max_len: int, nbest: int = 1, compact: bool = True,
+               shortlist: shortlist_lib.Shortlist | None = None):
     self.partitioner = partitioner
+    self.shortlist = shortlist  # For settings with use_shortlist.
     self.settings = settings
     self.max_len = max_len
     self.nbest = nbest
@@ -318,6 +328,15 @@ class Decoder:
                                                    tiled=True)[:rows]
                  for name in output_names(s))
 
+  def _token_map(self, inputs: np.ndarray, prefix) -> np.ndarray:
+    """[rows, S] the shortlisted tokens of each input row (`use_shortlist`)."""
+    if self.shortlist is None:
+      raise ValueError("use_shortlist: this model has no vocabulary shortlist; build"
+                       " one with `python shortlist.py --workdir=WORKDIR`.")
+    if prefix is not None:
+      raise ValueError("use_shortlist does not combine with a target prefix.")
+    return self.shortlist.rows(inputs)
+
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
     """decode(inputs, settings=None, nbest=None, warmup=False, prefix=None); None:
     the Decoder's own. `warmup` also compiles what a batch of this shape may need
@@ -341,6 +360,9 @@ class Decoder:
         inputs = np.concatenate([inputs, np.full(
             (padded - rows, inputs.shape[1]), tokenizer_lib.PAD_ID, inputs.dtype)])
       options = s.search_options()
+      if s.use_shortlist:
+        options["token_map"] = global_batch(self.partitioner,
+                                            self._token_map(inputs, prefix))
       if prefix is not None:
         options["target_prefix"] = global_batch(self.partitioner, prefix_rows(
             prefix, padded, max_decode_len))

@@ -6,7 +6,7 @@
                       "return_alternatives"?, "return_alignment"?,
                       "alignment_layer"?,
                       "num_samples"?, "sampling_topk"?, "sampling_topp"?,
-                      "sampling_temperature"?, "seed"?,
+                      "sampling_temperature"?, "seed"?, "use_shortlist"?,
                       "target_prefix"?: [str | null, ...] (one per text)}
        -> {"translations": [{"text", "score", "tokens", "truncated", "nbest"?,
                              "token_scores"?, "prefix_tokens"?,
@@ -220,7 +220,7 @@ async def _translate(request: web.Request) -> web.Response:
             "return_alternatives": decoder_lib.MAX_ALTERNATIVES,
             "sampling_topk": state.translator.tokenizer.vocab_size,
             "sampling_topp": 1.0, "sampling_temperature": 100.0}
-  flags = ("return_token_scores", "return_alignment")
+  flags = ("return_token_scores", "return_alignment", "use_shortlist")
   rules = {field: request_parsing.number(
       body, field, float if field in _FLOAT_RULES else int,
       limits.get(field, longest)) for field in _RULES if field not in flags}

@@ -33,6 +33,7 @@ from inference import bundle as bundle_lib
 from inference import decoder as decoder_lib
 from inference import restore
 from inference import scoring
+from inference import shortlist as shortlist_lib
 from inference.bucketing import MAX_ROWS, Source
 from inference.decoder import DecodeSettings
 from inference.hypotheses import Hypothesis
@@ -65,6 +66,18 @@ def _check_limits(max_len, batch_tokens) -> None:
 def inference_partitioner(config) -> Partitioner:
   """Every local device on the batch axis, laid out by the run's logical-axis rules."""
   return Partitioner(mesh_lib.create_mesh((-1, 1, 1)), config.logical_axis_rules)
+
+
+def _workdir_shortlist(workdir, tokenizer) -> shortlist_lib.Shortlist | None:
+  """WORKDIR/shortlist.npz (`use_shortlist`), or None where there is none."""
+  if not shortlist_lib.path(workdir).exists():
+    return None
+  shortlist = shortlist_lib.load(workdir)
+  if shortlist.vocab_size != tokenizer.vocab_size:
+    raise ValueError(f"{shortlist_lib.path(workdir)} covers {shortlist.vocab_size}"
+                     f" tokens, the run's tokenizer {tokenizer.vocab_size}: rebuild it"
+                     f" with `python shortlist.py --workdir={workdir}`.")
+  return shortlist
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +128,8 @@ class Translator:
         quantize=quantize,
         stored_config=restore.model_config(workdir, config, tokenizer))
     decoder = decoder_lib.Decoder(partitioner, settings,
-                                  max_len=model.model_config.max_len, nbest=nbest)
+                                  max_len=model.model_config.max_len, nbest=nbest,
+                                  shortlist=_workdir_shortlist(workdir, tokenizer))
     return cls(graphdef=model.graphdef, params=model.params, tokenizer=tokenizer,
                decoder=decoder, step=model.step, batch_tokens=batch_tokens,
                max_len=max_len)
@@ -190,6 +204,9 @@ class Translator:
     if problems := decoder_lib.setting_problems(settings):
       raise ValueError("; ".join(f"{field}={getattr(settings, field)!r} must be {rule}"
                                  for field, rule in problems) + ".")
+    if settings.use_shortlist and self.decoder.shortlist is None:
+      raise ValueError("use_shortlist: this model has no vocabulary shortlist; build"
+                       " one with `python shortlist.py --workdir=WORKDIR`.")
     layers = self._decoder_layers if settings.return_alignment else 0
     if layers and not -layers <= settings.alignment_layer < layers:
       raise ValueError(f"alignment_layer={settings.alignment_layer} must be in"

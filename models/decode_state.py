@@ -70,6 +70,41 @@ class OutputTable:
       logits = logits + self.bias.astype(logits.dtype)
     return logits.astype(y.dtype)
 
+  def restrict(self, token_map: Array) -> "ShortlistTable":
+    """The projection onto each sentence's candidate tokens (inference/shortlist.py):
+    token_map [batch, S] int32 target ids, -1 in padding slots (logit -inf).
+
+    Built once per decode call, outside the loop: the columns are gathered (an int8
+    table's dequantized), so each step reads [embed, S] per sentence, not [embed,
+    vocab].
+    """
+    ids = jnp.maximum(token_map, 0)  # [batch, S]
+    kernel = jnp.moveaxis(jnp.take(self.kernel, ids, axis=1), 1, 0)  # [batch, embed, S]
+    kernel = kernel.astype(jnp.float32)
+    if self.scale is not None:
+      kernel = kernel * jnp.take(self.scale, ids)[:, None, :]
+    bias = jnp.where(token_map >= 0, 0.0, -jnp.inf)  # [batch, S]
+    if self.bias is not None:
+      bias = bias + jnp.take(self.bias, ids).astype(jnp.float32)
+    return ShortlistTable(kernel=kernel, bias=bias)
+
+
+@flax.struct.dataclass
+class ShortlistTable:
+  """The output projection restricted per sentence (`OutputTable.restrict`): logits
+  [rows, ..., S] over each sentence's candidates, rows = batch * hypotheses."""
+  kernel: Array  # [batch, embed, S] float32
+  bias: Array  # [batch, S] float32: -inf in padding slots
+
+  def project(self, y: Array) -> Array:
+    """y [rows, ..., embed] (rows sentence-major) -> logits [rows, ..., S]."""
+    batch, embed, width = self.kernel.shape
+    grouped = y.reshape(batch, -1, embed)  # [batch, rows / batch * ..., embed]
+    logits = jnp.einsum("bre,bes->brs", grouped, self.kernel.astype(y.dtype),
+                        preferred_element_type=jnp.float32)
+    logits = logits + self.bias[:, None, :]
+    return logits.reshape(y.shape[:-1] + (width,)).astype(y.dtype)
+
 
 @flax.struct.dataclass
 class CrossKV:

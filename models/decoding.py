@@ -48,14 +48,32 @@ def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
 
 def search_options(min_decoding_length: int | Array | None, no_repeat_ngram_size: int,
                    return_token_scores: bool, target_prefix: Array | None = None,
-                   return_alternatives: int = 0) -> SearchOptions:
-  """The search's optional rules from the decode arguments (None/0/False: off)."""
+                   return_alternatives: int = 0, token_map: Array | None = None
+                   ) -> SearchOptions:
+  """The search's optional rules from the decode arguments (None/0/False: off).
+
+  A shortlist (`token_map`) ranks candidate slots, not token ids, so the rules that
+  name tokens of the whole vocabulary (n-grams, prefixes, alternatives) are refused
+  beside it."""
   min_len = (None if min_decoding_length is None
              else jnp.asarray(min_decoding_length, jnp.int32))
   prefix = None if target_prefix is None else jnp.asarray(target_prefix, jnp.int32)
+  if token_map is not None and (no_repeat_ngram_size or prefix is not None
+                                or return_alternatives):
+    raise ValueError("A vocabulary shortlist does not combine with"
+                     " no_repeat_ngram_size, a target prefix or alternatives.")
   return SearchOptions(min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
                        token_scores=return_token_scores, prefix=prefix,
-                       alternatives=return_alternatives)
+                       alternatives=return_alternatives,
+                       token_map=None if token_map is None else jnp.asarray(
+                           token_map, jnp.int32))
+
+
+def _output_table(model, options: SearchOptions):
+  """The output projection the steps read: the whole table, or the shortlist's
+  columns of each sentence (laid out once per call)."""
+  table = model.output_table()  # [embed, vocab]
+  return table if options.token_map is None else table.restrict(options.token_map)
 
 
 def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
@@ -65,8 +83,8 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                 min_decoding_length: int | Array | None = None,
                 max_decoding_length: int | Array | None = None,
                 no_repeat_ngram_size: int = 0, return_token_scores: bool = False,
-                target_prefix: Array | None = None, return_alternatives: int = 0
-                ) -> Decoded:
+                target_prefix: Array | None = None, return_alternatives: int = 0,
+                token_map: Array | None = None) -> Decoded:
   """Translates source rows inputs [batch, src_len] (0-padded) into n-best lists.
 
   graphdef/params: `nnx.split(model)`. `alpha`, `max_len_a` and `max_len_b` are traced,
@@ -82,7 +100,8 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   `Decoded.token_scores`; `target_prefix` [batch, max_decode_len] (traced, pad
   after each row's prefix) gives the tokens each output starts with;
   `return_alternatives` (static) fills `Decoded.alternative_*` with that many
-  likeliest tokens at each position.
+  likeliest tokens at each position; `token_map` [batch, S] (traced; S static)
+  restricts each sentence's tokens to a shortlist (inference/shortlist.py).
   Compile it with `Partitioner.jit` (see `jit_beam_search`) so that it traces under
   the run's mesh and rules; `beam_search_jit` is the same without a mesh.
   """
@@ -102,7 +121,10 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   else:
     max_len = jnp.full((batch,), forced_len, jnp.int32)
   cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, heads, src, kv]
-  output_table = model.output_table()  # [embed, vocab], laid out once per call.
+  options = search_options(min_decoding_length, no_repeat_ngram_size,
+                           return_token_scores, target_prefix, return_alternatives,
+                           token_map)
+  output_table = _output_table(model, options)  # Laid out once per call.
   src_mask = inputs != model.cfg.pad_id  # [batch, src_len]
 
   def step_fn(tokens, t, cache):
@@ -114,10 +136,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
       max_decode_len=max_decode_len,
       num_steps=max_decode_len if forced_len is None else forced_len,
       eos_id=eos_id, pad_id=model.cfg.pad_id, nbest=nbest,
-      suppress_eos=forced_len is not None,
-      options=search_options(min_decoding_length, no_repeat_ngram_size,
-                             return_token_scores, target_prefix,
-                             return_alternatives))
+      suppress_eos=forced_len is not None, options=options)
 
 
 _STATIC = ("eos_id", "beam_size", "max_decode_len", "nbest", "forced_len",
@@ -146,8 +165,8 @@ def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                  min_decoding_length: int | Array | None = None,
                  max_decoding_length: int | Array | None = None,
                  no_repeat_ngram_size: int = 0, return_token_scores: bool = False,
-                 target_prefix: Array | None = None, return_alternatives: int = 0
-                 ) -> Segment:
+                 target_prefix: Array | None = None, return_alternatives: int = 0,
+                 token_map: Array | None = None) -> Segment:
   """Encodes inputs [batch, src_len] and sets up the search; no step runs yet.
 
   The optional rules are `beam_search`'s."""
@@ -157,7 +176,8 @@ def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                         jnp.asarray(max_len_b, jnp.float32), max_decode_len, pad_id,
                         max_decoding_length)
   options = search_options(min_decoding_length, no_repeat_ngram_size,
-                           return_token_scores, target_prefix, return_alternatives)
+                           return_token_scores, target_prefix, return_alternatives,
+                           token_map)
   state = search.init_state(model.init_cache(batch, max_decode_len, beam_size),
                             batch=batch, beam_size=beam_size,
                             max_decode_len=max_decode_len, pad_id=pad_id,
@@ -172,7 +192,7 @@ def continue_search(graphdef: nnx.GraphDef, params: nnx.State, segment: Segment,
   """Runs `segment` on until at most `stop_at_live` (traced; 0: none) sentences are
   live; returns it, the n-best found so far and which sentences are live [batch]."""
   model = nnx.merge(graphdef, params)
-  output_table = model.output_table()
+  output_table = _output_table(model, segment.options)
   state = segment.state
 
   def step_fn(tokens, t, cache):

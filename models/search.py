@@ -25,8 +25,9 @@ Search rules, per sentence:
 Optional rules (models/search_rules.py, `SearchOptions`) bar EOS for longer, bar
 tokens that repeat an n-gram, keep per-token log-probabilities, or force each
 sentence's first tokens (a target prefix: while it lasts, the one live hypothesis
-takes its next token, scored by the model like any other); each is traced only
-when it is on.
+takes its next token, scored by the model like any other), or rank each sentence's
+shortlisted tokens only (the step's logits are then over those, normalised over
+them); each is traced only when it is on.
 """
 from collections.abc import Callable
 import math
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 
 from models.search_rules import (SearchOptions, eos_barred, force, forced_tokens,
                                  per_token_values, per_token_zeros,
-                                 repeated_ngram_mask)
+                                 repeated_ngram_mask, shortlisted_tokens)
 from parallel.sharding import logical_to_spec, with_logical_constraint
 
 Array = jax.Array
@@ -248,6 +249,8 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   k = min(beam + 2, vocab)  # Room for the pad and EOS among each row's best.
   ranked = logits if barred is None else logits + barred
   row_logits, row_tokens = top_k(ranked, k)  # [batch, beam, k], best first
+  if options.token_map is not None:  # Logits over a shortlist: slots -> token ids.
+    row_tokens = shortlisted_tokens(options.token_map, row_tokens, pad_id)
   # log p = logits - logsumexp over the whole vocabulary, shifted by the row's best
   # logit (as jax.nn.logsumexp shifts by the max, which top_k has found; a max over
   # its k values, not a slice: a second slice of XLA's sort keeps it from becoming

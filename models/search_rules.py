@@ -1,6 +1,6 @@
 """Optional rules of the beam search (models/search.py), off unless asked for:
 a minimum length, no repeated n-grams, per-token scores and alternatives, a target
-prefix.
+prefix, a vocabulary shortlist.
 
 `SearchOptions` holds them: traced values (new values reuse the compilation) and
 static switches (each setting is a program of its own). Its defaults trace nothing,
@@ -30,6 +30,10 @@ class SearchOptions:
   # [batch, max_decode_len] int32: tokens each output must start with, pad after
   # them (a row of pad: no prefix). None: no sentence has one.
   prefix: Array | None = None
+  # [batch, S] int32: each sentence's candidate target ids (a vocabulary shortlist,
+  # inference/shortlist.py), -1 in padding slots: the step's logits are over these S
+  # slots, not the vocabulary. None: the whole vocabulary.
+  token_map: Array | None = None
 
 
 def per_token_zeros(options: SearchOptions, shape: tuple[int, ...]
@@ -69,6 +73,14 @@ def per_token_values(options: SearchOptions, logits: Array, log_norm: Array,
     values["alternative_scores"] = jnp.take_along_axis(alt_logits - log_norm, parent,
                                                        axis=1)
   return values or None
+
+
+def shortlisted_tokens(token_map: Array, slots: Array, pad_id: int) -> Array:
+  """[batch, beam, k] token ids of shortlist slots [batch, beam, k] (token_map
+  [batch, S]); a padding slot reads as pad, which is never emitted."""
+  batch, beam, k = slots.shape
+  ids = jnp.take_along_axis(token_map, slots.reshape(batch, beam * k), axis=1)
+  return jnp.where(ids < 0, pad_id, ids).reshape(batch, beam, k)
 
 
 def forced_tokens(prefix: Array, t: Array) -> Array:
