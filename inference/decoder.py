@@ -328,14 +328,14 @@ class Decoder:
                                                    tiled=True)[:rows]
                  for name in output_names(s))
 
-  def _token_map(self, inputs: np.ndarray, prefix) -> np.ndarray:
-    """[rows, S] the shortlisted tokens of each input row (`use_shortlist`)."""
+  def _shortlist_of(self, inputs: np.ndarray, prefix) -> tuple[np.ndarray, ...]:
+    """(ids [S], allowed [rows, S]): the batch's shortlist (`use_shortlist`)."""
     if self.shortlist is None:
       raise ValueError("use_shortlist: this model has no vocabulary shortlist; build"
                        " one with `python shortlist.py --workdir=WORKDIR`.")
     if prefix is not None:
       raise ValueError("use_shortlist does not combine with a target prefix.")
-    return self.shortlist.rows(inputs)
+    return self.shortlist.batch(inputs)
 
   def bind(self, graphdef: nnx.GraphDef, params: nnx.State) -> DecodeFn:
     """decode(inputs, settings=None, nbest=None, warmup=False, prefix=None); None:
@@ -361,8 +361,9 @@ class Decoder:
             (padded - rows, inputs.shape[1]), tokenizer_lib.PAD_ID, inputs.dtype)])
       options = s.search_options()
       if s.use_shortlist:
-        options["token_map"] = global_batch(self.partitioner,
-                                            self._token_map(inputs, prefix))
+        ids, allowed = self._shortlist_of(inputs, prefix)
+        options["shortlist_ids"] = ids
+        options["shortlist_allowed"] = global_batch(self.partitioner, allowed)
       if prefix is not None:
         options["target_prefix"] = global_batch(self.partitioner, prefix_rows(
             prefix, padded, max_decode_len))

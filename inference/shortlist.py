@@ -5,10 +5,10 @@ the output projection's columns are tokens a given sentence will never emit. A
 sentence's candidates are the `always` most frequent target tokens plus, for each of
 its source tokens, the `per_source` target tokens that co-occur with it most often in
 the training pairs; the decoder then projects onto those columns only (models/
-decode_state.py, `OutputTable.restrict`), [rows, S] logits instead of [rows, vocab].
-
-A sentence's candidates depend on that sentence alone, so its translation does not
-depend on its batch mates. Probabilities are normalised over the candidates, so
+decode_state.py, `OutputTable.restrict`): a batch projects onto the union of its
+sentences' candidates, [rows, S] logits instead of [rows, vocab], and each sentence
+ranks its own candidates only, so its translation does not depend on its batch
+mates. Probabilities are normalised over the candidates, so
 scores are not the full model's: the shortlist is off unless asked for
 (`--use_shortlist`), and `shortlist.py` prints how many reference tokens it covers.
 
@@ -47,23 +47,26 @@ class Shortlist:
     extra = self.per_source[ids].ravel()
     return np.union1d(self.always, extra[extra >= 0]).astype(np.int32)
 
-  def rows(self, inputs: np.ndarray) -> np.ndarray:
-    """[rows, S] int32: each input row's candidates, ascending, then -1 padding.
+  def batch(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [S] int32, allowed [rows, S] bool) of a batch inputs [rows, src_len].
 
-    inputs [rows, src_len] (pad-filled). S is the next power of two from min_width
-    holding the widest row's candidates, so few shapes are compiled; at the
-    vocabulary size or above every row is the whole vocabulary in order.
+    ids: the union of the rows' candidates, ascending, then -1 padding to S, the
+    next power of two from min_width (few shapes to compile); from the vocabulary
+    size on, the whole vocabulary in order. allowed[r, j]: ids[j] is a candidate of
+    row r, so each sentence ranks its own candidates only, whatever its batch mates:
+    the union only shares one projection among them.
     """
     sets = [self.candidates(row) for row in inputs]
-    widest = max((len(s) for s in sets), default=1)
-    width = max(self.min_width, 1 << (widest - 1).bit_length())
+    union = np.unique(np.concatenate(sets)) if sets else self.always
+    width = max(self.min_width, 1 << (len(union) - 1).bit_length())
     if width >= self.vocab_size:
-      return np.broadcast_to(np.arange(self.vocab_size, dtype=np.int32),
-                             (len(sets), self.vocab_size)).copy()
-    out = np.full((len(sets), width), -1, np.int32)
-    for r, s in enumerate(sets):
-      out[r, :len(s)] = s
-    return out
+      ids = np.arange(self.vocab_size, dtype=np.int32)
+    else:
+      ids = np.full(width, -1, np.int32)
+      ids[:len(union)] = union
+    allowed = np.stack([np.isin(ids, s) for s in sets]) if sets else np.zeros(
+        (0, len(ids)), bool)
+    return ids, allowed & (ids >= 0)
 
 
 def build(pairs: Iterable[tuple[Sequence[int], Sequence[int]]], vocab_size: int, *,

@@ -70,40 +70,36 @@ class OutputTable:
       logits = logits + self.bias.astype(logits.dtype)
     return logits.astype(y.dtype)
 
-  def restrict(self, token_map: Array) -> "ShortlistTable":
-    """The projection onto each sentence's candidate tokens (inference/shortlist.py):
-    token_map [batch, S] int32 target ids, -1 in padding slots (logit -inf).
+  def restrict(self, ids: Array, allowed: Array) -> "ShortlistTable":
+    """The projection onto a batch's shortlist (inference/shortlist.py): ids [S]
+    int32 target ids (-1: padding), allowed [batch, S] bool each sentence's own.
 
-    Built once per decode call, outside the loop: the columns are gathered (an int8
-    table's dequantized), so each step reads [embed, S] per sentence, not [embed,
-    vocab].
+    Built once per decode call, outside the loop: the columns are gathered (int8
+    ones stay int8), so each step reads [embed, S], not [embed, vocab]; a sentence's
+    slots outside its own candidates get logit -inf.
     """
-    ids = jnp.maximum(token_map, 0)  # [batch, S]
-    kernel = jnp.moveaxis(jnp.take(self.kernel, ids, axis=1), 1, 0)  # [batch, embed, S]
-    kernel = kernel.astype(jnp.float32)
-    if self.scale is not None:
-      kernel = kernel * jnp.take(self.scale, ids)[:, None, :]
-    bias = jnp.where(token_map >= 0, 0.0, -jnp.inf)  # [batch, S]
-    if self.bias is not None:
-      bias = bias + jnp.take(self.bias, ids).astype(jnp.float32)
-    return ShortlistTable(kernel=kernel, bias=bias)
+    columns = jnp.maximum(ids, 0)  # [S]
+    table = self.replace(
+        kernel=jnp.take(self.kernel, columns, axis=1),
+        scale=None if self.scale is None else jnp.take(self.scale, columns),
+        bias=None if self.bias is None else jnp.take(self.bias, columns))
+    return ShortlistTable(table=table, mask=jnp.where(allowed, 0.0, -jnp.inf))
 
 
 @flax.struct.dataclass
 class ShortlistTable:
-  """The output projection restricted per sentence (`OutputTable.restrict`): logits
-  [rows, ..., S] over each sentence's candidates, rows = batch * hypotheses."""
-  kernel: Array  # [batch, embed, S] float32
-  bias: Array  # [batch, S] float32: -inf in padding slots
+  """The output projection over a batch's shortlist (`OutputTable.restrict`): logits
+  [rows, ..., S], rows = batch * hypotheses, -inf outside each sentence's own."""
+  table: OutputTable  # kernel [embed, S]
+  mask: Array  # [batch, S] float32: 0 for the sentence's candidates, else -inf
 
   def project(self, y: Array) -> Array:
     """y [rows, ..., embed] (rows sentence-major) -> logits [rows, ..., S]."""
-    batch, embed, width = self.kernel.shape
-    grouped = y.reshape(batch, -1, embed)  # [batch, rows / batch * ..., embed]
-    logits = jnp.einsum("bre,bes->brs", grouped, self.kernel.astype(y.dtype),
-                        preferred_element_type=jnp.float32)
-    logits = logits + self.bias[:, None, :]
-    return logits.reshape(y.shape[:-1] + (width,)).astype(y.dtype)
+    logits = self.table.project(y)  # [rows, ..., S]
+    batch, width = self.mask.shape
+    grouped = logits.reshape(batch, -1, width) + self.mask[:, None, :].astype(
+        logits.dtype)
+    return grouped.reshape(logits.shape)
 
 
 @flax.struct.dataclass

@@ -48,32 +48,43 @@ def max_lengths(inputs: Array, max_len_a: Array, max_len_b: Array,
 
 def search_options(min_decoding_length: int | Array | None, no_repeat_ngram_size: int,
                    return_token_scores: bool, target_prefix: Array | None = None,
-                   return_alternatives: int = 0, token_map: Array | None = None
-                   ) -> SearchOptions:
+                   return_alternatives: int = 0,
+                   shortlist: tuple[Array, Array] | None = None) -> SearchOptions:
   """The search's optional rules from the decode arguments (None/0/False: off).
 
-  A shortlist (`token_map`) ranks candidate slots, not token ids, so the rules that
-  name tokens of the whole vocabulary (n-grams, prefixes, alternatives) are refused
-  beside it."""
+  A shortlist (ids [S], allowed [batch, S]) ranks slots, not token ids, so the
+  rules that name tokens of the whole vocabulary (n-grams, prefixes, alternatives)
+  are refused beside it."""
   min_len = (None if min_decoding_length is None
              else jnp.asarray(min_decoding_length, jnp.int32))
   prefix = None if target_prefix is None else jnp.asarray(target_prefix, jnp.int32)
-  if token_map is not None and (no_repeat_ngram_size or prefix is not None
+  if shortlist is not None and (no_repeat_ngram_size or prefix is not None
                                 or return_alternatives):
     raise ValueError("A vocabulary shortlist does not combine with"
                      " no_repeat_ngram_size, a target prefix or alternatives.")
   return SearchOptions(min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size,
                        token_scores=return_token_scores, prefix=prefix,
                        alternatives=return_alternatives,
-                       token_map=None if token_map is None else jnp.asarray(
-                           token_map, jnp.int32))
+                       shortlist_ids=None if shortlist is None else jnp.asarray(
+                           shortlist[0], jnp.int32),
+                       shortlist_allowed=None if shortlist is None else jnp.asarray(
+                           shortlist[1], bool))
+
+
+def _shortlist(ids: Array | None, allowed: Array | None
+               ) -> tuple[Array, Array] | None:
+  if (ids is None) != (allowed is None):
+    raise ValueError("shortlist_ids and shortlist_allowed come together.")
+  return None if ids is None else (ids, allowed)
 
 
 def _output_table(model, options: SearchOptions):
   """The output projection the steps read: the whole table, or the shortlist's
   columns of each sentence (laid out once per call)."""
   table = model.output_table()  # [embed, vocab]
-  return table if options.token_map is None else table.restrict(options.token_map)
+  if options.shortlist_ids is None:
+    return table
+  return table.restrict(options.shortlist_ids, options.shortlist_allowed)
 
 
 def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
@@ -84,7 +95,8 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                 max_decoding_length: int | Array | None = None,
                 no_repeat_ngram_size: int = 0, return_token_scores: bool = False,
                 target_prefix: Array | None = None, return_alternatives: int = 0,
-                token_map: Array | None = None) -> Decoded:
+                shortlist_ids: Array | None = None,
+                shortlist_allowed: Array | None = None) -> Decoded:
   """Translates source rows inputs [batch, src_len] (0-padded) into n-best lists.
 
   graphdef/params: `nnx.split(model)`. `alpha`, `max_len_a` and `max_len_b` are traced,
@@ -100,8 +112,9 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   `Decoded.token_scores`; `target_prefix` [batch, max_decode_len] (traced, pad
   after each row's prefix) gives the tokens each output starts with;
   `return_alternatives` (static) fills `Decoded.alternative_*` with that many
-  likeliest tokens at each position; `token_map` [batch, S] (traced; S static)
-  restricts each sentence's tokens to a shortlist (inference/shortlist.py).
+  likeliest tokens at each position; `shortlist_ids` [S] with `shortlist_allowed`
+  [batch, S] (traced; S static) restrict the logits to a shortlist and each
+  sentence to its own candidates in it (inference/shortlist.py).
   Compile it with `Partitioner.jit` (see `jit_beam_search`) so that it traces under
   the run's mesh and rules; `beam_search_jit` is the same without a mesh.
   """
@@ -123,7 +136,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
   cross_kv = model.precompute_cross_kv(model.encode(inputs))  # [batch, heads, src, kv]
   options = search_options(min_decoding_length, no_repeat_ngram_size,
                            return_token_scores, target_prefix, return_alternatives,
-                           token_map)
+                           _shortlist(shortlist_ids, shortlist_allowed))
   output_table = _output_table(model, options)  # Laid out once per call.
   src_mask = inputs != model.cfg.pad_id  # [batch, src_len]
 
@@ -166,7 +179,8 @@ def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                  max_decoding_length: int | Array | None = None,
                  no_repeat_ngram_size: int = 0, return_token_scores: bool = False,
                  target_prefix: Array | None = None, return_alternatives: int = 0,
-                 token_map: Array | None = None) -> Segment:
+                 shortlist_ids: Array | None = None,
+                 shortlist_allowed: Array | None = None) -> Segment:
   """Encodes inputs [batch, src_len] and sets up the search; no step runs yet.
 
   The optional rules are `beam_search`'s."""
@@ -177,7 +191,7 @@ def begin_search(graphdef: nnx.GraphDef, params: nnx.State, inputs: Array,
                         max_decoding_length)
   options = search_options(min_decoding_length, no_repeat_ngram_size,
                            return_token_scores, target_prefix, return_alternatives,
-                           token_map)
+                           _shortlist(shortlist_ids, shortlist_allowed))
   state = search.init_state(model.init_cache(batch, max_decode_len, beam_size),
                             batch=batch, beam_size=beam_size,
                             max_decode_len=max_decode_len, pad_id=pad_id,
@@ -208,11 +222,20 @@ def continue_search(graphdef: nnx.GraphDef, params: nnx.State, segment: Segment,
 
 
 def take_sentences(segment: Segment, index: Array) -> Segment:
-  """The segment of sentences `index` [rows] (a gather: rows may repeat)."""
-  batch = segment.max_len.shape[0]
-  return jax.tree.map(
-      lambda x: jnp.take(x, index, axis=0) if x.ndim and x.shape[0] == batch else x,
-      segment)
+  """The segment of sentences `index` [rows] (a gather: rows may repeat).
+
+  Every array with a row per sentence is gathered; the step count and the options
+  shared by the batch (min_len, shortlist_ids) stay.
+  """
+  take = lambda tree: jax.tree.map(lambda x: jnp.take(x, index, axis=0), tree)
+  options = segment.options.replace(prefix=take(segment.options.prefix),
+                                    shortlist_allowed=take(
+                                        segment.options.shortlist_allowed))
+  state = segment.state
+  return segment.replace(
+      state=take(state.replace(step=None)).replace(step=state.step),
+      cross_kv=take(segment.cross_kv), src_mask=take(segment.src_mask),
+      max_len=take(segment.max_len), options=options)
 
 
 def jit_beam_search(partitioner: Partitioner) -> Callable[..., Decoded]:

@@ -249,8 +249,8 @@ def _best_expansions(logits: Array, alive_logp: Array, eos_id: int, pad_id: int,
   k = min(beam + 2, vocab)  # Room for the pad and EOS among each row's best.
   ranked = logits if barred is None else logits + barred
   row_logits, row_tokens = top_k(ranked, k)  # [batch, beam, k], best first
-  if options.token_map is not None:  # Logits over a shortlist: slots -> token ids.
-    row_tokens = shortlisted_tokens(options.token_map, row_tokens, pad_id)
+  if options.shortlist_ids is not None:  # Logits over a shortlist: slots -> ids.
+    row_tokens = shortlisted_tokens(options.shortlist_ids, row_tokens, pad_id)
   # log p = logits - logsumexp over the whole vocabulary, shifted by the row's best
   # logit (as jax.nn.logsumexp shifts by the max, which top_k has found; a max over
   # its k values, not a slice: a second slice of XLA's sort keeps it from becoming

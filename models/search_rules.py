@@ -30,10 +30,11 @@ class SearchOptions:
   # [batch, max_decode_len] int32: tokens each output must start with, pad after
   # them (a row of pad: no prefix). None: no sentence has one.
   prefix: Array | None = None
-  # [batch, S] int32: each sentence's candidate target ids (a vocabulary shortlist,
-  # inference/shortlist.py), -1 in padding slots: the step's logits are over these S
-  # slots, not the vocabulary. None: the whole vocabulary.
-  token_map: Array | None = None
+  # A vocabulary shortlist (inference/shortlist.py): [S] int32 the target ids of
+  # the step's S logits (-1: padding), and [batch, S] bool the slots each sentence
+  # may emit. None: logits over the whole vocabulary.
+  shortlist_ids: Array | None = None
+  shortlist_allowed: Array | None = None
 
 
 def per_token_zeros(options: SearchOptions, shape: tuple[int, ...]
@@ -75,12 +76,11 @@ def per_token_values(options: SearchOptions, logits: Array, log_norm: Array,
   return values or None
 
 
-def shortlisted_tokens(token_map: Array, slots: Array, pad_id: int) -> Array:
-  """[batch, beam, k] token ids of shortlist slots [batch, beam, k] (token_map
-  [batch, S]); a padding slot reads as pad, which is never emitted."""
-  batch, beam, k = slots.shape
-  ids = jnp.take_along_axis(token_map, slots.reshape(batch, beam * k), axis=1)
-  return jnp.where(ids < 0, pad_id, ids).reshape(batch, beam, k)
+def shortlisted_tokens(shortlist_ids: Array, slots: Array, pad_id: int) -> Array:
+  """The token ids of shortlist slots (any shape; shortlist_ids [S]); a padding
+  slot reads as pad, which is never emitted."""
+  ids = jnp.take(shortlist_ids, slots)
+  return jnp.where(ids < 0, pad_id, ids)
 
 
 def forced_tokens(prefix: Array, t: Array) -> Array:

@@ -38,19 +38,22 @@ def test_build_keeps_frequent_targets_and_each_source_tokens_companions():
   assert stats["token_coverage"] == pytest.approx(2 / 3)  # 9 and EOS; 12 is not.
 
 
-def test_rows_are_padded_to_a_power_of_two_or_the_whole_vocabulary():
+def test_a_batch_shares_the_union_of_its_rows_candidates_padded_to_a_power_of_two():
   shortlist = shortlist_lib.Shortlist(
       always=np.array([0, 1, 2], np.int32),
-      per_source=np.array([[-1, -1]] * 3 + [[7, 8]] + [[-1, -1]] * 60, np.int32),
-      min_width=4)
-  rows = shortlist.rows(np.array([[3, 0], [0, 0]], np.int32))
-  np.testing.assert_array_equal(rows, [[0, 1, 2, 7, 8, -1, -1, -1],
-                                       [0, 1, 2, -1, -1, -1, -1, -1]])
+      per_source=np.array([[-1, -1]] * 3 + [[7, 8]] + [[9, -1]] + [[-1, -1]] * 59,
+                          np.int32), min_width=4)
+  ids, allowed = shortlist.batch(np.array([[3, 0], [4, 0], [0, 0]], np.int32))
+  np.testing.assert_array_equal(ids, [0, 1, 2, 7, 8, 9, -1, -1])
+  np.testing.assert_array_equal(allowed, [[1, 1, 1, 1, 1, 0, 0, 0],
+                                          [1, 1, 1, 0, 0, 1, 0, 0],
+                                          [1, 1, 1, 0, 0, 0, 0, 0]])
   wide = shortlist_lib.Shortlist(always=np.arange(40, dtype=np.int32),
                                  per_source=np.full((64, 1), -1, np.int32),
                                  min_width=4)
-  np.testing.assert_array_equal(wide.rows(np.zeros((2, 1), np.int32)),
-                                np.tile(np.arange(64), (2, 1)))
+  ids, allowed = wide.batch(np.zeros((2, 1), np.int32))
+  np.testing.assert_array_equal(ids, np.arange(64))  # 64 slots: the vocabulary.
+  np.testing.assert_array_equal(allowed, np.tile(np.arange(64) < 40, (2, 1)))
 
 
 def test_saved_shortlist_loads_equal_and_a_missing_one_names_the_fix(tmp_path):
@@ -63,9 +66,10 @@ def test_saved_shortlist_loads_equal_and_a_missing_one_names_the_fix(tmp_path):
     shortlist_lib.load(tmp_path / "elsewhere")
 
 
-def _search(parts, inputs, beam, token_map=None):
+def _search(parts, inputs, beam, shortlist=None):
   graphdef, params = parts
-  extra = {} if token_map is None else {"token_map": token_map}
+  extra = {} if shortlist is None else dict(zip(("shortlist_ids",
+                                                 "shortlist_allowed"), shortlist))
   return decoding.beam_search_jit(graphdef, params, inputs, ALPHA, A, B, eos_id=EOS,
                                   beam_size=beam, max_decode_len=MAX_DECODE_LEN,
                                   nbest=1, **extra)
@@ -73,33 +77,50 @@ def _search(parts, inputs, beam, token_map=None):
 
 def test_a_shortlist_of_every_token_changes_nothing(parts):  # noqa: F811
   inputs = NEIGHBOURS
-  every = np.tile(np.arange(VOCAB, dtype=np.int32), (len(inputs), 1))
+  every = (np.arange(VOCAB, dtype=np.int32), np.ones((len(inputs), VOCAB), bool))
   plain, listed = _search(parts, inputs, BEAM), _search(parts, inputs, BEAM, every)
   np.testing.assert_array_equal(listed.tokens, plain.tokens)
   np.testing.assert_allclose(listed.scores, plain.scores, rtol=1e-6)
 
 
 def test_greedy_over_a_shortlist_holding_its_output_emits_the_same_tokens(parts):  # noqa: F811
+  """Each sentence's own candidates: its greedy output's tokens, pad, EOS and random
+  others; the batch's slots are their union plus padding."""
   inputs = NEIGHBOURS
   plain = np.asarray(_search(parts, inputs, 1).tokens[:, 0])
-  width = VOCAB // 2 + 4
-  token_map = np.full((len(inputs), width), -1, np.int32)
   rng = np.random.RandomState(0)
-  for r, row in enumerate(plain):
+  own = []
+  for row in plain:
     used = set(row.tolist()) | {PAD_ID, EOS}
     others = [t for t in rng.permutation(VOCAB) if t not in used]
-    ids = sorted(used | set(others[:width - len(used) - 3]))  # 3 padding slots.
-    token_map[r, :len(ids)] = ids
-  listed = _search(parts, inputs, 1, token_map)
-  np.testing.assert_array_equal(np.asarray(listed.tokens[:, 0]), plain)
-  outside = [t for t in range(VOCAB) if t not in token_map[0]]
-  assert not np.isin(np.asarray(listed.tokens[0]), outside).any()
+    own.append(used | set(others[:3]))
+  union = sorted(set().union(*own))
+  ids = np.array(union + [-1] * 4, np.int32)
+  allowed = np.array([[i in s for i in ids] for s in own])
+  listed = np.asarray(_search(parts, inputs, 1, (ids, allowed)).tokens[:, 0])
+  np.testing.assert_array_equal(listed, plain)
+  assert len(union) < VOCAB  # The shortlist left tokens out.
+
+
+def test_a_sentence_emits_only_its_own_candidates(parts):  # noqa: F811
+  """A shortlist without the greedy output's first token: that sentence must emit
+  others, all among its own candidates, while its batch mate (whose candidates hold
+  it) is unchanged."""
+  inputs = NEIGHBOURS[:2]
+  plain = np.asarray(_search(parts, inputs, 1).tokens[:, 0])
+  ids = np.arange(VOCAB, dtype=np.int32)
+  allowed = np.ones((2, VOCAB), bool)
+  allowed[0, plain[0, 0]] = False
+  listed = np.asarray(_search(parts, inputs, 1, (ids, allowed)).tokens[:, 0])
+  assert listed[0, 0] != plain[0, 0]
+  assert allowed[0][listed[0]].all()
+  np.testing.assert_array_equal(listed[1], plain[1])
 
 
 def test_segments_and_batch_mates_change_nothing_under_a_shortlist(parts):  # noqa: F811
   graphdef, params = parts
   rng = np.random.RandomState(1)
-  # 4 + at most 11 candidates a row: 16 slots of the 32 tokens.
+  # 4 + at most 11 candidates a row, of the 32 tokens.
   per_source = rng.randint(2, VOCAB, (VOCAB, 1)).astype(np.int32)
   shortlist = shortlist_lib.Shortlist(always=np.arange(4, dtype=np.int32),
                                       per_source=per_source, min_width=8)
@@ -110,7 +131,7 @@ def test_segments_and_batch_mates_change_nothing_under_a_shortlist(parts):  # no
                               nbest=BEAM, compact=c, shortlist=shortlist)
                       for c in (True, False))
   batch = np.insert(NEIGHBOURS, 5, np.pad(SENTENCE, (0, 5)), axis=0)
-  assert shortlist.rows(batch).shape == (8, 16)
+  assert not shortlist.batch(batch)[1].all()
   got = segmented.bind(graphdef, params)(batch)
   expected = plain.bind(graphdef, params)(batch)
   np.testing.assert_array_equal(got[0], expected[0])
@@ -135,4 +156,4 @@ def test_rules_naming_outside_tokens_are_refused_beside_a_shortlist():
   decoder = Decoder(Partitioner(mesh_lib.create_mesh((1, 1, 1), jax.devices()[:1])),
                     DecodeSettings(use_shortlist=True), max_len=MAX_DECODE_LEN)
   with pytest.raises(ValueError, match="shortlist.py --workdir"):
-    decoder._token_map(np.ones((1, 3), np.int32), None)  # pylint: disable=protected-access
+    decoder._shortlist_of(np.ones((1, 3), np.int32), None)  # pylint: disable=protected-access
